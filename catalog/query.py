@@ -1,0 +1,210 @@
+"""Ask the archive: what is an object now, what was it on a day, over a time range.
+
+>>> a = Archive.from_uri("http://127.0.0.1:8000", api_key="secret")
+>>> a.objects()
+['yi2-wcm3', ...]
+>>> a.latest("yi2-wcm3")["attributes"]["wcmBeam"]["value"]
+16.4228
+>>> a.day("yi2-wcm3", "2001-11-06")          # pandas DataFrame: time + one column per attribute
+>>> a.range("yi2-wcm3", "2001-11-06T22:00", "2001-11-07T02:00")
+
+A day's rows are those of every run recorded for that archive day (several after a restart),
+merged in time order. The ``time`` of a row is the newest upstream timestamp of its attributes,
+as an aware datetime in the facility's time zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import tzlocal
+from tiled.client import from_uri as tiled_from_uri
+from tiled.queries import In, Key
+
+MAX_RANGE_DAYS = 366
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class QueryError(ValueError):
+    """A question the archive cannot answer as asked (bad date, unknown object, ...)."""
+
+
+class UnknownObjectError(QueryError, LookupError):
+    """No such object is configured or archived."""
+
+
+def parse_day(text: str | dt.date) -> dt.date:
+    """``YYYY-MM-DD`` as a date; a clear :class:`QueryError` otherwise."""
+    if isinstance(text, dt.datetime):
+        return text.date()
+    if isinstance(text, dt.date):
+        return text
+    if not isinstance(text, str) or not _DAY.match(text):
+        raise QueryError(f"malformed date {text!r}: expected YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise QueryError(f"impossible date {text!r}: {err}") from None
+
+
+def parse_time(text: str | float | dt.datetime, zone: ZoneInfo | None = None) -> float:
+    """A day (its local midnight), a local ISO date-time, or UNIX seconds, as UNIX seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    if isinstance(text, dt.datetime):
+        when = text
+    elif isinstance(text, str) and _DAY.match(text):
+        when = dt.datetime.combine(parse_day(text), dt.time(0))
+    else:
+        try:
+            when = dt.datetime.fromisoformat(str(text))
+        except ValueError:
+            raise QueryError(
+                f"malformed time {text!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
+            ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone) if zone else when.astimezone()
+    return when.timestamp()
+
+
+class Archive:
+    """The query helper: ``latest``, ``day``, ``range``, ``objects``, ``days``.
+
+    Parameters
+    ----------
+    root
+        A Tiled client node holding ``archive`` (the catalog of day runs) and ``latest``.
+    zone
+        The facility time zone for days and returned times (default the machine's).
+    """
+
+    def __init__(self, root, zone: ZoneInfo | None = None):
+        self.root = root
+        if zone is None:
+            served = root["latest"].metadata.get("timezone") if "latest" in root else None
+            zone = ZoneInfo(served or tzlocal.get_localzone_name())
+        self.zone = zone
+
+    @classmethod
+    def from_uri(cls, url: str, api_key: str | None = None, zone: ZoneInfo | None = None):
+        """Connect to a warden's Tiled server."""
+        return cls(tiled_from_uri(url, api_key=api_key), zone=zone)
+
+    @property
+    def catalog(self):
+        return self.root["archive"]
+
+    # -- now ---------------------------------------------------------------------------------
+    def objects(self) -> list[str]:
+        """Names of the configured objects (from ``latest``), else of every archived stream."""
+        if "latest" in self.root:
+            return list(self.root["latest"])
+        names: set[str] = set()
+        for run in self.catalog.values():
+            names.update(k for k in run if k != "connection")
+        return sorted(names)
+
+    def latest(self, obj: str) -> dict[str, Any]:
+        """Newest value and upstream timestamp of each attribute, and whether it is connected."""
+        self._check(obj)
+        return _plain(self.root["latest"][obj].metadata)
+
+    # -- history -----------------------------------------------------------------------------
+    def days(self) -> list[str]:
+        """Archive days that hold at least one run, oldest first."""
+        found = self.catalog.distinct("start.day")["metadata"]["start.day"]
+        return sorted(entry["value"] for entry in found)
+
+    def day(self, obj: str, day: str | dt.date) -> pd.DataFrame:
+        """Every reading of ``obj`` on archive ``day``, from all of that day's runs."""
+        self._check(obj)
+        d = parse_day(day)
+        return self._read(obj, [d.isoformat()])
+
+    def range(self, obj: str, start, end) -> pd.DataFrame:
+        """Readings of ``obj`` with ``start <= time < end``, across days and runs."""
+        self._check(obj)
+        t0, t1 = parse_time(start, self.zone), parse_time(end, self.zone)
+        if t1 <= t0:
+            raise QueryError(f"range end {end!r} is not after its start {start!r}")
+        first = dt.datetime.fromtimestamp(t0, self.zone).date()
+        last = dt.datetime.fromtimestamp(t1, self.zone).date()
+        n = (last - first).days + 1
+        if n > MAX_RANGE_DAYS:
+            raise QueryError(f"range spans {n} days; ask for at most {MAX_RANGE_DAYS} at a time")
+        days = [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
+        df = self._read(obj, days)
+        stamps = df["time"].map(lambda t: t.timestamp()) if len(df) else df["time"]
+        return df[(stamps >= t0) & (stamps < t1)].reset_index(drop=True)
+
+    def connections(self, obj: str, day: str | dt.date) -> pd.DataFrame:
+        """When ``obj`` was connected and disconnected on ``day``."""
+        self._check(obj)
+        frames = []
+        for run in self._runs([parse_day(day).isoformat()]):
+            if "connection" in run:
+                t = run["connection"].base["internal"].read()
+                frames.append(t[t["object"] == obj])
+        if not frames:
+            return pd.DataFrame({"time": [], "connected": []})
+        t = pd.concat(frames, ignore_index=True)
+        out = pd.DataFrame(
+            {"time": self._times(t["ts_connected"]), "connected": t["connected"].astype(bool)}
+        )
+        return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check(self, obj: str) -> None:
+        if not isinstance(obj, str) or obj not in self.objects():
+            raise UnknownObjectError(f"unknown object {obj!r}")
+
+    def _runs(self, days: list[str]):
+        query = Key("start.day") == days[0] if len(days) == 1 else In("start.day", days)
+        runs = list(self.catalog.search(query).values())
+        return sorted(runs, key=lambda run: run.metadata["start"]["time"])
+
+    def _read(self, obj: str, days: list[str]) -> pd.DataFrame:
+        frames = [self._read_stream(run[obj]) for run in self._runs(days) if obj in run]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame({"time": pd.Series([], dtype=f"datetime64[ns, {self._zone_name}]")})
+        df = pd.concat(frames, ignore_index=True)
+        return df.sort_values("time", kind="stable").reset_index(drop=True)
+
+    def _read_stream(self, stream) -> pd.DataFrame:
+        node = stream.base
+        table = node["internal"].read()
+        keys = [k for k in stream.metadata["data_keys"]]
+        columns: dict[str, Any] = {}
+        for key in keys:
+            if key in table.columns:
+                columns[key] = table[key]
+            else:  # a large array in a node of its own
+                columns[key] = list(np.asarray(node[key].read())[: len(table)])
+        ts = table[[f"ts_{k}" for k in keys]].max(axis=1)
+        return pd.DataFrame({"time": self._times(ts), **columns})
+
+    def _times(self, seconds: pd.Series) -> pd.Series:
+        return (
+            pd.to_datetime(seconds.astype(float), unit="s", utc=True)
+            .dt.tz_convert(self._zone_name)
+            .reset_index(drop=True)
+        )
+
+    @property
+    def _zone_name(self) -> str:
+        return self.zone.key
+
+
+def _plain(value: Any) -> Any:
+    """Tiled's read-only metadata views as plain dicts and lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

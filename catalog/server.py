@@ -1,0 +1,117 @@
+"""The Tiled server of the warden: ``/archive`` (catalog of day runs) and ``/latest``."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import uvicorn
+from tiled.adapters.mapping import MapAdapter
+from tiled.catalog import from_uri as catalog_from_uri
+from tiled.config import Authentication
+from tiled.server.app import build_app
+from tiled.server.logging_config import LOGGING_CONFIG
+
+from .latest import LatestStore, latest_tree
+
+log = logging.getLogger(__name__)
+
+
+def sql_catalog(archive_uri: str, init: bool = True):
+    """Open (and create) the Tiled SQL catalog of an ``sqlite://`` or ``postgresql://`` archive.
+
+    For ``sqlite:///dir/archive.db`` the catalog is that file; tables go to
+    ``dir/archive.tables.db`` and large arrays under ``dir/archive.data/``.
+    """
+    scheme = archive_uri.split("://", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        path = Path(archive_uri.split("://", 1)[1][1:])  # sqlite:///rel or sqlite:////abs
+        path = path.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data_dir = path.with_suffix(".data")
+        data_dir.mkdir(exist_ok=True)
+        tables = f"sqlite:///{path.with_suffix('.tables.db')}"
+        return catalog_from_uri(
+            f"sqlite:///{path}", writable_storage=[data_dir, tables], init_if_not_exists=init
+        )
+    raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
+
+
+def warden_app(catalog, store: LatestStore, timezone: str, api_key: str, public: bool = False):
+    """A Tiled app serving ``/archive`` and ``/latest``; reads need the key unless ``public``."""
+    return build_app(
+        MapAdapter({"archive": catalog, "latest": latest_tree(store, timezone)}),
+        authentication=Authentication(single_user_api_key=api_key, allow_anonymous_access=public),
+        tasks={
+            "startup": list(getattr(catalog, "startup_tasks", [])),
+            "shutdown": list(getattr(catalog, "shutdown_tasks", [])),
+        },
+    )
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the service owns the signals
+        pass
+
+
+class TiledServer:
+    """Serve an app with uvicorn on a background thread (``with`` or ``start``/``stop``)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_dir: Path | None = None):
+        log_config = copy.deepcopy(LOGGING_CONFIG)
+        if log_dir is not None:
+            for handler, name in (("access", "access.log"), ("default", "server.log")):
+                cfg = log_config["handlers"][handler]
+                cfg.pop("stream", None)
+                cfg.update({"class": "logging.FileHandler", "filename": str(log_dir / name)})
+        self._server = _ThreadedServer(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                loop="asyncio",
+                log_config=log_config,
+                access_log=log_dir is not None,
+                log_level="warning",
+            )
+        )
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start serving; return the base URL once the app answers ``/healthz``."""
+        self._thread = threading.Thread(target=self._server.run, name="tiled-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Tiled server did not start (is the port free?)")
+            time.sleep(0.05)
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{host}:{port}"
+        with httpx.Client(trust_env=False) as client:
+            while client.get(f"{self.url}/healthz").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Tiled server did not become ready")
+                time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[str]:
+        url = self.start()
+        try:
+            yield url
+        finally:
+            self.stop()

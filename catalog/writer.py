@@ -1,0 +1,160 @@
+"""Archive writers: documents in, a Tiled catalog of Bluesky runs out.
+
+:class:`TiledRunSink` writes the layout that ``bluesky-tiled-plugins`` reads
+(``BlueskyRun`` / ``BlueskyEventStream`` 3.0, the same as its ``TiledWriter``): a container
+per run keyed by the start uid, a composite container per stream, an appendable ``internal``
+table (``seq_num``, ``time``, one column per scalar data key, ``ts_<key>``), and each array
+data key as an extendable array node (SQLite tables cannot hold list columns). Unlike ``TiledWriter`` it appends each event
+page as it arrives, so every flush of the plan is queryable at once.
+
+:class:`QueuedWriter` puts any sink behind one queue and one thread, so the RunEngine and
+subscription threads never wait on the archive.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tiled.structures.core import Spec
+
+log = logging.getLogger(__name__)
+
+
+class TiledRunSink:
+    """Write documents into a Tiled container (the archive root) over its client API."""
+
+    def __init__(self, root):
+        self.root = root
+        self._runs: dict[str, Any] = {}
+        self._streams: dict[str, _Stream] = {}  # by descriptor uid
+
+    def __call__(self, name: str, doc: dict) -> None:
+        getattr(self, name, _ignore)(doc)
+
+    def start(self, doc: dict) -> None:
+        self._runs[doc["uid"]] = self.root.create_container(
+            key=doc["uid"], metadata={"start": doc}, specs=[Spec("BlueskyRun", version="3.0")]
+        )
+
+    def descriptor(self, doc: dict) -> None:
+        run = self._runs[doc["run_start"]]
+        md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
+        node = run.create_container(
+            key=doc["name"],
+            metadata=md,
+            specs=[Spec("BlueskyEventStream", version="3.0"), Spec("composite")],
+        ).base
+        self._streams[doc["uid"]] = _Stream(node, doc["data_keys"])
+
+    def event_page(self, doc: dict) -> None:
+        self._streams[doc["descriptor"]].append(doc)
+
+    def stop(self, doc: dict) -> None:
+        run = self._runs.pop(doc["run_start"])
+        run.update_metadata(metadata={"stop": doc}, drop_revision=True)
+        for uid in [u for u, s in self._streams.items() if s.node.uri.startswith(run.uri)]:
+            del self._streams[uid]
+
+
+class _Stream:
+    """One stream's nodes: the ``internal`` table and its large-array nodes."""
+
+    def __init__(self, node, data_keys: dict[str, dict]):
+        self.node = node
+        self.data_keys = data_keys
+        self.array_keys = [k for k, dk in data_keys.items() if dk["dtype"] == "array"]
+        self.table = None
+        self.arrays: dict[str, Any] = {}
+
+    def append(self, page: dict) -> None:
+        data, stamps = page["data"], page["timestamps"]
+        for key in self.array_keys:
+            self._append_array(key, np.asarray(data[key]))
+        columns: dict[str, Any] = {"seq_num": page["seq_num"], "time": page["time"]}
+        columns.update({k: v for k, v in data.items() if k not in self.array_keys})
+        columns.update({f"ts_{k}": v for k, v in stamps.items()})
+        table = pa.table(columns)
+        if self.table is None:
+            md = {k: v for k, v in self.data_keys.items() if k in columns}
+            self.table = self.node.create_appendable_table(
+                schema=table.schema, key="internal", metadata=md
+            )
+        self.table.append_partition(0, table)
+
+    def _append_array(self, key: str, array: np.ndarray) -> None:
+        node = self.arrays.get(key)
+        if node is None:
+            dims = ("time", *(f"dim_int_{i}" for i in range(1, array.ndim)))
+            self.arrays[key] = self.node.write_array(
+                array, key=key, metadata=self.data_keys[key], dims=dims
+            )
+        else:
+            node.patch(array, offset=node.shape[:1], extend=True)
+
+
+def _ignore(doc: dict) -> None:
+    return None
+
+
+class QueuedWriter:
+    """A ``(name, doc)`` callback that hands documents to ``sink`` on a thread of its own.
+
+    Documents are copied on arrival, written in order, and a sink error is logged and
+    counted without stopping the thread (readings stay in the monitoring service).
+    """
+
+    def __init__(
+        self,
+        sink: Callable[[str, dict], None],
+        on_written: Callable[[str, dict], None] | None = None,
+        name: str = "archive-writer",
+    ):
+        self.sink = sink
+        self.on_written = on_written
+        self.errors = 0
+        self.written = 0  # rows of event pages written
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._queue.put((name, copy.deepcopy(doc)))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                name, doc = item
+                try:
+                    self.sink(name, doc)
+                    if name == "event_page":
+                        self.written += len(doc["seq_num"])
+                    if self.on_written is not None:
+                        self.on_written(name, doc)
+                except Exception:  # noqa: BLE001
+                    self.errors += 1
+                    log.exception("archive write of %s failed", name)
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued document is written."""
+        self._queue.join()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()

@@ -1,0 +1,164 @@
+"""The monitoring plan: watch every object, one run per archive day, one stream per object."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from .buffer import ConnectionLog, ObjectBuffer
+from .clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanGroup:
+    """Scan objects sharing a period and offset: triggered and read together."""
+
+    period: float
+    offset: float
+    buffers: list[ObjectBuffer] = field(default_factory=list)
+    next_due: float = math.inf
+
+    def start(self, t: float) -> None:
+        """First read ``offset`` seconds after ``t``."""
+        self.next_due = t + self.offset
+
+    def advance(self, t: float) -> None:
+        """Next read one period on, skipping the periods missed before ``t``."""
+        self.next_due += self.period * max(1, math.floor((t - self.next_due) / self.period) + 1)
+
+
+def scan_groups(
+    buffers: Sequence[ObjectBuffer], periods: dict[str, tuple[float, float]]
+) -> list[ScanGroup]:
+    """Group scan-mode buffers by ``(period, offset)``."""
+    groups: dict[tuple[float, float], ScanGroup] = {}
+    for buf in buffers:
+        if not buf.monitor:
+            period, offset = periods[buf.name]
+            groups.setdefault((period, offset), ScanGroup(period, offset)).buffers.append(buf)
+    return list(groups.values())
+
+
+def read_group(group: ScanGroup) -> MsgGenerator[None]:
+    """Trigger every connected device of ``group`` together, then read each into its buffer.
+
+    A device that is disconnected is skipped (its disconnect is already on record); one that
+    fails to read is skipped too, so one bad object never stops the others.
+    """
+    live = [buf for buf in group.buffers if buf.connected]
+    tag = f"scan-{group.period}-{group.offset}"
+    for buf in live:
+        yield from bps.trigger(buf.device, group=tag)
+    yield from bps.wait(group=tag)
+    for buf in live:
+        try:
+            reading = yield from bps.read(buf.device)
+        except Exception as err:  # noqa: BLE001 - a failed read is recorded as a disconnect
+            log.warning("reading %s failed: %r", buf.name, err)
+            buf.connections.record(buf.name, False)
+            continue
+        buf.add_reading(reading)
+
+
+def flush(
+    buffers: Sequence[ObjectBuffer], connections: ConnectionLog, declared: set[str]
+) -> MsgGenerator[None]:
+    """Collect every buffer that holds readings, as one event page per object stream."""
+    for buf in [connections, *buffers]:
+        if not buf.pending():
+            continue
+        if buf.name not in declared:
+            yield from bps.declare_stream(buf, name=buf.name, collect=True)
+            declared.add(buf.name)
+        yield from bps.collect(buf, name=buf.name, return_payload=False)
+
+
+def monitor_day(
+    buffers: Sequence[ObjectBuffer],
+    groups: Sequence[ScanGroup],
+    connections: ConnectionLog,
+    clock: Clock,
+    flush_interval: float,
+    stop: threading.Event,
+    md: dict | None = None,
+) -> MsgGenerator[str]:
+    """One archive day: a run that lasts until local midnight or until ``stop`` is set."""
+    day = clock.day()
+    midnight = clock.next_midnight()
+    _md = {
+        "plan_name": "monitor_day",
+        "day": day.isoformat(),
+        "objects": [buf.name for buf in buffers],
+        **(md or {}),
+    }
+
+    @bpp.run_decorator(md=_md)
+    def inner():
+        declared: set[str] = set()
+        for buf in buffers:
+            connections.record(buf.name, buf.connected, force=True)
+        while not stop.is_set():
+            now = clock.time()
+            if now >= midnight:
+                break
+            for group in groups:
+                if now >= group.next_due:
+                    yield from read_group(group)
+                    group.advance(now)
+            yield from flush(buffers, connections, declared)
+            wake = min([now + flush_interval, midnight, *(g.next_due for g in groups)])
+            yield from bps.sleep(clock.real_seconds(wake - clock.time()))
+        yield from flush(buffers, connections, declared)
+
+    return (yield from inner())
+
+
+def monitor_objects(
+    buffers: Sequence[ObjectBuffer],
+    connections: ConnectionLog,
+    periods: dict[str, tuple[float, float]],
+    clock: Clock | None = None,
+    flush_interval: float = 0.5,
+    stop: threading.Event | None = None,
+    md: dict | None = None,
+) -> MsgGenerator[None]:
+    """Watch objects until ``stop`` is set: one run per archive day, one stream per object.
+
+    Parameters
+    ----------
+    buffers
+        One :class:`ObjectBuffer` per object; monitor-mode buffers subscribe when staged.
+    connections
+        Collects connection changes into the ``connection`` stream.
+    periods
+        ``{object: (period, offset)}`` of the scan-mode objects, in clock seconds.
+    clock
+        Source of time, archive day and midnight (injectable for tests).
+    flush_interval
+        Clock seconds between two collections of the buffers.
+    stop
+        Set it (from any thread) to close the current run and end the plan.
+    md
+        Extra metadata for every run's start document.
+    """
+    clock = clock or Clock()
+    stop = stop or threading.Event()
+    groups = scan_groups(buffers, periods)
+
+    @bpp.stage_decorator(buffers)
+    def inner():
+        for group in groups:
+            group.start(clock.time())
+        while not stop.is_set():
+            yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md)
+
+    return (yield from inner())

@@ -1,0 +1,1 @@
+"""Beamline Warden: the application (config, CLI, service wiring)."""

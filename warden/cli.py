@@ -1,0 +1,257 @@
+"""The ``warden`` command line.
+
+Exit codes: 0 success, 1 a runtime failure (server unreachable, ...), 2 bad input (a bad
+config file, an unknown object, a malformed date, a bad argument), always with a message
+naming what was wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    from catalog.query import QueryError
+
+    from .config import ConfigError
+
+    try:
+        return args.func(args) or 0
+    except (ConfigError, QueryError) as err:
+        print(f"warden {args.command}: {err}", file=sys.stderr)
+        return 2
+    except ConnectionError as err:
+        print(f"warden {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_check_config(args) -> int:
+    from .config import load_config
+
+    print(f"{args.file}: OK: {load_config(args.file).summary()}")
+    return 0
+
+
+def cmd_sim_ioc(args) -> int:
+    from warden_devices.ioc import all_pvnames, make_ioc, serve
+
+    ioc = make_ioc(args.update_period, args.extra, args.extra_attrs, args.fill_length, args.prefix)
+    if args.list_pvs:
+        print("\n".join(all_pvnames(ioc)))
+        return 0
+    interfaces = tuple(args.interface or ["127.0.0.1"])
+    print(
+        f"warden sim-ioc: serving {len(all_pvnames(ioc))} PVs on "
+        f"{','.join(interfaces)} port {args.port}",
+        flush=True,
+    )
+    serve(ioc, port=args.port, interfaces=interfaces)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .service import WardenService
+
+    config = load_config(args.config)
+    service = WardenService(config, public=args.public, port=args.port)
+    url = service.start()
+    print(
+        f"warden: serving {len(config.objects)} objects at {url} "
+        f"({'public reads' if args.public else 'API key required'})",
+        flush=True,
+    )
+    _run_until_signalled(service)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.data_dir, args.port, args.duration, args.update_period)
+
+
+def cmd_latest(args) -> int:
+    entry = _archive(args).latest(args.object)
+    if args.format == "json":
+        print(json.dumps(entry, indent=2))
+        return 0
+    state = "connected" if entry["connected"] else "DISCONNECTED"
+    print(f"{entry['object']}  {state}  {_when(entry['time'])}")
+    for attr, item in entry["attributes"].items():
+        print(f"  {attr:<20} {_short(item['value']):<40} {_when(item['timestamp'])}")
+    return 0
+
+
+def cmd_day(args) -> int:
+    df = _archive(args).day(args.object, args.date)
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(df.to_json(orient="records", date_format="iso"))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 50, "display.width", 160):
+            print(df if len(df) else f"no readings of {args.object} on {args.date}")
+    return 0
+
+
+def cmd_objects(args) -> int:
+    print("\n".join(_archive(args).objects()))
+    return 0
+
+
+def cmd_days(args) -> int:
+    print("\n".join(_archive(args).days()))
+    return 0
+
+
+def cmd_status(args) -> int:
+    archive = _archive(args)
+    now = time.time()
+    print(f"{'object':<16} {'state':<13} {'rows':>7} {'last update':>12} {'archive lag':>12}")
+    for name in archive.objects():
+        e = archive.latest(name)
+        state = "connected" if e["connected"] else "DISCONNECTED"
+        age = f"{now - e['time']:.1f} s ago" if e["time"] else "never"
+        lag = "-"
+        if e["time"] and e.get("archived_time"):
+            lag = f"{max(0.0, e['time'] - e['archived_time']):.1f} s"
+        print(f"{name:<16} {state:<13} {e['rows']:>7} {age:>12} {lag:>12}")
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _archive(args):
+    import httpx
+
+    from catalog.query import Archive
+
+    try:
+        return Archive.from_uri(args.server, api_key=os.environ.get("WARDEN_API_KEY"))
+    except (httpx.TransportError, OSError) as err:
+        raise ConnectionError(f"cannot reach the warden server at {args.server}: {err}") from None
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:36] + " ..."
+
+
+def _run_until_signalled(service) -> None:
+    """Run the service in this thread; SIGINT/SIGTERM close the run and return."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop())
+    try:
+        service.run()
+    finally:
+        service.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="warden",
+        description="Beamline Warden: monitor, archive "
+        "and serve accelerator control-system values.",
+    )
+    sub = p.add_subparsers(dest="command")
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    c = sub.add_parser("sim-ioc", help="run the simulated RHIC upstream (Channel Access)")
+    c.add_argument("--port", type=int, default=5064, help="CA server port (default 5064)")
+    c.add_argument(
+        "--interface",
+        action="append",
+        default=None,
+        help="address to serve on (default 127.0.0.1; repeatable)",
+    )
+    c.add_argument(
+        "--update-period",
+        type=_positive,
+        default=4.0,
+        help="seconds between model updates (default 4)",
+    )
+    c.add_argument(
+        "--fill-length",
+        type=_positive,
+        default=1200.0,
+        help="seconds from one injection to the next (default 1200)",
+    )
+    c.add_argument("--prefix", default="", help="put before every PV name (default none)")
+    c.add_argument("--extra", type=int, default=0, help="synthetic objects syn00000: ...")
+    c.add_argument("--extra-attrs", type=int, default=4, help="attributes per synthetic object")
+    c.add_argument("--list-pvs", action="store_true", help="print the PV names and exit")
+    c.set_defaults(func=cmd_sim_ioc)
+
+    c = sub.add_parser("run", help="run the service on a config file")
+    c.add_argument("config")
+    c.add_argument("--public", action="store_true", help="let clients read without the key")
+    c.add_argument("--port", type=int, default=None, help="override serve.port")
+    c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("demo", help="simulated IOC + service + Tiled server, in one command")
+    c.add_argument("--data-dir", default="warden-data")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--duration", type=_positive, default=None, help="stop after S seconds")
+    c.add_argument(
+        "--update-period",
+        type=_positive,
+        default=2.0,
+        help="seconds between simulated beam updates (default 2)",
+    )
+    c.set_defaults(func=cmd_demo)
+
+    for name, func, helptext in (
+        ("latest", cmd_latest, "newest reading of an object"),
+        ("day", cmd_day, "an object's readings on one day"),
+        ("objects", cmd_objects, "configured objects"),
+        ("days", cmd_days, "archived days"),
+        ("status", cmd_status, "per object: connected, rows, last update, archive lag"),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        if name in ("latest", "day"):
+            c.add_argument("object")
+        if name == "day":
+            c.add_argument("date", help="YYYY-MM-DD")
+            c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        if name == "latest":
+            c.add_argument("--format", choices=["table", "json"], default="table")
+        c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
+        c.set_defaults(func=func)
+    return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The warden's configuration: one YAML file, validated with pydantic.
+
+Errors name the field and the object, e.g. ``objects[3] (ring-blue).period: must be > 0``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import tzlocal
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+GENERIC = "generic"
+ARCHIVE_SCHEMES = ("sqlite", "postgresql", "mongodb")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
+ATTR_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the field."""
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.match(value) or ".." in value:
+        raise ValueError(
+            "must be 1-128 letters, digits or '_.+:-', start with a letter or digit "
+            "and not contain '..'"
+        )
+    return value
+
+
+ObjectName = Annotated[str, Field(min_length=1, max_length=128)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ObjectConfig(Strict):
+    """One upstream object."""
+
+    name: ObjectName
+    type: str
+    source: Literal["epics", "sim"] = "epics"
+    prefix: str | None = Field(None, max_length=128)
+    mode: Literal["scan", "monitor"] = "scan"
+    period: Seconds = 30.0
+    offset: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    attributes: list[str] | dict[str, str] | None = None
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from warden_devices.rhic import OBJECT_TYPES  # imports ophyd: only when validating
+
+        if value != GENERIC and value not in OBJECT_TYPES:
+            known = ", ".join([*OBJECT_TYPES, GENERIC])
+            raise ValueError(f"unknown object type {value!r} (known: {known})")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value):
+        if value is None:
+            return value
+        for attr in value:
+            if not ATTR_PATTERN.match(attr):
+                raise ValueError(f"attribute {attr!r} is not a valid name")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ObjectConfig:
+        if self.mode == "scan" and self.offset >= self.period:
+            raise ValueError(
+                f"offset: must be smaller than period ({self.period}), not {self.offset}"
+            )
+        if self.type == GENERIC and not self.attributes:
+            raise ValueError("attributes: a generic object needs a list of attributes")
+        if self.type != GENERIC and self.attributes is not None:
+            raise ValueError(f"attributes: only objects of type {GENERIC!r} list attributes")
+        return self
+
+    @property
+    def pv_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else f"{self.name}:"
+
+    @property
+    def attribute_suffixes(self) -> dict[str, str] | None:
+        """``{attribute: PV suffix}`` of a generic object."""
+        if isinstance(self.attributes, list):
+            return {a: a for a in self.attributes}
+        return self.attributes
+
+
+class ServeConfig(Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+
+
+class AsciiConfig(Strict):
+    directory: Path
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "rhicdata"
+
+
+class ExchangeConfig(Strict):
+    source: Annotated[str, Field(min_length=1, max_length=128)]
+    target: Annotated[str, Field(min_length=1, max_length=128)]
+    period: Seconds = 120.0
+
+
+class PluginConfig(Strict):
+    name: ObjectName
+    interval: Seconds | None = None
+    offset: Annotated[float, Field(ge=0, le=86400)] | None = None
+
+
+class WardenConfig(Strict):
+    """The whole configuration file."""
+
+    archive: str = "sqlite:///warden-data/archive.db"
+    timezone: str | None = None
+    flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.5
+    serve: ServeConfig = ServeConfig()
+    ascii: AsciiConfig | None = None
+    objects: Annotated[list[ObjectConfig], Field(min_length=1, max_length=100_000)]
+    exchange: list[ExchangeConfig] = []
+    plugins: list[PluginConfig] = []
+
+    @field_validator("archive")
+    @classmethod
+    def _archive_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        base = scheme.split("+", 1)[0]
+        if base not in ARCHIVE_SCHEMES:
+            known = ", ".join(f"{s}://" for s in ARCHIVE_SCHEMES)
+            raise ValueError(f"unknown archive URI scheme {scheme!r} (known: {known})")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {value!r}") from None
+        return value
+
+    @field_validator("objects")
+    @classmethod
+    def _unique_names(cls, objects: list[ObjectConfig]) -> list[ObjectConfig]:
+        seen: dict[str, int] = {}
+        for i, obj in enumerate(objects):
+            if obj.name in seen:
+                raise ValueError(
+                    f"objects[{i}].name: duplicate object name {obj.name!r} "
+                    f"(first at objects[{seen[obj.name]}])"
+                )
+            seen[obj.name] = i
+        return objects
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The facility time zone: ``timezone``, else the machine's."""
+        return ZoneInfo(self.timezone or tzlocal.get_localzone_name())
+
+    def object(self, name: str) -> ObjectConfig:
+        for obj in self.objects:
+            if obj.name == name:
+                return obj
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        modes = {m: sum(o.mode == m for o in self.objects) for m in ("monitor", "scan")}
+        return (
+            f"{len(self.objects)} objects ({modes['monitor']} monitor, {modes['scan']} scan), "
+            f"archive {self.archive.split('://')[0]}, {len(self.exchange)} exchange, "
+            f"{len(self.plugins)} plugins, serve {self.serve.host}:{self.serve.port}"
+        )
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses YAML aliases (and so alias 'bombs')."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases are not allowed")
+        return super().compose_node(parent, index)
+
+
+def parse_config(text: str) -> WardenConfig:
+    """Validate the YAML text of a config file."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of settings")
+    try:
+        return WardenConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, data)) from None
+
+
+def load_config(path: str | Path) -> WardenConfig:
+    """Read and validate a config file; raise :class:`ConfigError` naming the bad field."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    return parse_config(text)
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _describe(err: ValidationError, data: dict) -> str:
+    lines = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        path = ""
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part in ("function-after", "tagged-union") or part.startswith("function-"):
+                continue
+            else:
+                path += f".{part}" if path else str(part)
+        if len(loc) >= 2 and loc[0] == "objects" and isinstance(loc[1], int):
+            obj = (data.get("objects") or [])[loc[1]]
+            if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+                path = path.replace(f"objects[{loc[1]}]", f"objects[{loc[1]}] ({obj['name']!r})", 1)
+        template = _MESSAGES.get(e["type"])
+        msg = template.format(**e.get("ctx", {})) if template else e["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if field := re.match(r"^([a-z_]+): ", msg):  # a model-level check naming its field
+            path, msg = f"{path}.{field.group(1)}", msg[field.end() :]
+        if msg.startswith("objects[") and path == "objects":
+            lines.append(msg)
+        else:
+            lines.append(f"{path}: {msg}" if path else msg)
+    return "\n".join(lines)

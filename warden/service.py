@@ -1,0 +1,147 @@
+"""The warden service: devices, the monitoring plan, the archive writer and the Tiled server.
+
+One process, four kinds of thread: the RunEngine runs the monitoring plan (the caller's
+thread), ophyd/pyepics deliver updates on theirs, the archive writer drains its queue on
+its own, and uvicorn serves ``/archive`` and ``/latest`` on another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+from bluesky import RunEngine
+from tiled.client import from_uri as tiled_from_uri
+
+from catalog.latest import LatestStore
+from catalog.query import Archive
+from catalog.server import TiledServer, sql_catalog, warden_app
+from catalog.writer import QueuedWriter, TiledRunSink
+from plans.buffer import ConnectionLog, ObjectBuffer
+from plans.clock import Clock
+from plans.monitor import monitor_objects
+from warden_devices.build import build_device
+from warden_devices.sim import SimUpstream
+
+from .config import WardenConfig
+
+log = logging.getLogger(__name__)
+
+
+def api_key_from_env() -> str:
+    """``WARDEN_API_KEY``, or a fresh random key for this process."""
+    return os.environ.get("WARDEN_API_KEY") or secrets.token_hex(16)
+
+
+class WardenService:
+    """Everything ``warden run`` runs, startable and stoppable from Python.
+
+    Parameters
+    ----------
+    config
+        The validated configuration.
+    clock
+        Time source (default: the system clock in the configured zone).
+    api_key
+        Key for writes, and for reads unless ``public``.
+    public
+        Let clients read without a key.
+    port
+        Override ``serve.port`` (0 picks a free port).
+    """
+
+    def __init__(
+        self,
+        config: WardenConfig,
+        clock: Clock | None = None,
+        api_key: str | None = None,
+        public: bool = False,
+        port: int | None = None,
+    ):
+        self.config = config
+        self.clock = clock or Clock(config.zone)
+        self.api_key = api_key or api_key_from_env()
+        self.public = public
+        self.port = config.serve.port if port is None else port
+        self.stop_event = threading.Event()
+        self.url = ""
+        self.devices = [
+            build_device(o.name, o.type, o.pv_prefix, o.source, o.attribute_suffixes)
+            for o in config.objects
+        ]
+        self.connections = ConnectionLog(self.clock.time)
+        modes = {o.name: o.mode for o in config.objects}
+        self.buffers = [
+            ObjectBuffer(dev, modes[dev.name] == "monitor", self.connections)
+            for dev in self.devices
+        ]
+        self.periods = {o.name: (o.period, o.offset) for o in config.objects if o.mode == "scan"}
+        self.latest = LatestStore([o.name for o in config.objects])
+        sim_devices = [
+            d for d, o in zip(self.devices, config.objects, strict=True) if o.source == "sim"
+        ]
+        self.sim = SimUpstream(sim_devices, time=self.clock.time) if sim_devices else None
+        self.server: TiledServer | None = None
+        self.writer: QueuedWriter | None = None
+        self.started_at = time.time()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> str:
+        """Open the archive and start serving it; return the server's base URL."""
+        catalog = sql_catalog(self.config.archive)
+        app = warden_app(catalog, self.latest, self.config.zone.key, self.api_key, self.public)
+        log_dir = _log_dir(self.config.archive)
+        self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
+        self.url = self.server.start()
+        client = tiled_from_uri(self.url, api_key=self.api_key)
+        self.writer = QueuedWriter(TiledRunSink(client["archive"]), on_written=self.latest.archived)
+        if self.sim is not None:
+            self.sim.start()
+        return self.url
+
+    def run(self) -> None:
+        """Run the monitoring plan until :meth:`stop` (blocks the calling thread)."""
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(self.latest)
+        RE.subscribe(self.writer)
+        RE(
+            monitor_objects(
+                self.buffers,
+                self.connections,
+                self.periods,
+                clock=self.clock,
+                flush_interval=self.config.flush_interval,
+                stop=self.stop_event,
+                md={"timezone": self.config.zone.key},
+            )
+        )
+
+    def stop(self) -> None:
+        """Ask the plan to close its run and return (safe from any thread)."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the server and the simulated upstream."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            self.server.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        for dev in self.devices:
+            dev.destroy()
+
+    def archive(self) -> Archive:
+        """Query helper on this service's own server."""
+        return Archive(tiled_from_uri(self.url, api_key=self.api_key), zone=self.config.zone)
+
+
+def _log_dir(archive_uri: str) -> Path | None:
+    if archive_uri.startswith("sqlite:///"):
+        path = Path(archive_uri.split("://", 1)[1][1:]).resolve()
+        return path.parent
+    return None
