@@ -97,7 +97,12 @@ class Archive:
 
     @property
     def catalog(self):
-        return self.root["archive"]
+        """The catalog of day runs, with v3 (SQL) run clients whatever was asked before.
+
+        (``CatalogOfBlueskyRuns.v2`` changes the default run client process-wide.)
+        """
+        catalog = self.root["archive"]
+        return catalog.v3 if getattr(catalog, "is_sql", False) else catalog
 
     # -- now ---------------------------------------------------------------------------------
     def objects(self) -> list[str]:
@@ -184,8 +189,8 @@ class Archive:
         for key in keys:
             if key in table.columns:
                 columns[key] = table[key]
-            else:  # a large array in a node of its own
-                columns[key] = list(np.asarray(node[key].read())[: len(table)])
+            else:  # an array in a node of its own, written before the table rows
+                columns[key] = list(np.asarray(node[key][: len(table)]))
         ts = table[[f"ts_{k}" for k in keys]].max(axis=1)
         return pd.DataFrame({"time": self._times(ts), **columns})
 

@@ -38,7 +38,10 @@ def sql_catalog(archive_uri: str, init: bool = True):
         data_dir.mkdir(exist_ok=True)
         tables = f"sqlite:///{path.with_suffix('.tables.db')}"
         return catalog_from_uri(
-            f"sqlite:///{path}", writable_storage=[data_dir, tables], init_if_not_exists=init
+            f"sqlite:///{path}",
+            writable_storage=[data_dir, tables],
+            init_if_not_exists=init,
+            specs=[{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
         )
     raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
 

@@ -4,8 +4,9 @@
 (``BlueskyRun`` / ``BlueskyEventStream`` 3.0, the same as its ``TiledWriter``): a container
 per run keyed by the start uid, a composite container per stream, an appendable ``internal``
 table (``seq_num``, ``time``, one column per scalar data key, ``ts_<key>``), and each array
-data key as an extendable array node (SQLite tables cannot hold list columns). Unlike ``TiledWriter`` it appends each event
-page as it arrives, so every flush of the plan is queryable at once.
+data key as an extendable array node (SQLite tables cannot hold list columns). Unlike
+``TiledWriter`` it appends each event page as it arrives, so every flush of the plan is
+queryable at once.
 
 :class:`QueuedWriter` puts any sink behind one queue and one thread, so the RunEngine and
 subscription threads never wait on the archive.
@@ -17,11 +18,12 @@ import copy
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
 log = logging.getLogger(__name__)
@@ -129,22 +131,29 @@ class QueuedWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            while not self._queue.empty():  # take everything queued: one append per stream
+                batch.append(self._queue.get_nowait())
             try:
-                if item is None:
-                    return
-                name, doc = item
-                try:
-                    self.sink(name, doc)
-                    if name == "event_page":
-                        self.written += len(doc["seq_num"])
-                    if self.on_written is not None:
-                        self.on_written(name, doc)
-                except Exception:  # noqa: BLE001
-                    self.errors += 1
-                    log.exception("archive write of %s failed", name)
+                for name, doc in _merge_pages(batch):
+                    if name == "close":
+                        return
+                    self._write(name, doc)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _write(self, name: str, doc: dict) -> None:
+        try:
+            self.sink(name, doc)
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("archive write of %s failed", name)
+            return
+        if name == "event_page":
+            self.written += len(doc["seq_num"])
+        if self.on_written is not None:
+            self.on_written(name, doc)
 
     def join(self) -> None:
         """Wait until every queued document is written."""
@@ -156,5 +165,19 @@ class QueuedWriter:
 
     def close(self) -> None:
         """Write what is queued, then stop the thread."""
-        self._queue.put(None)
+        self._queue.put(("close", {}))
         self._thread.join()
+
+
+def _merge_pages(batch: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+    """Documents in order, with the event pages of each stream between two other documents
+    merged into one page."""
+    pages: dict[str, list[dict]] = {}
+    for name, doc in batch:
+        if name == "event_page":
+            pages.setdefault(doc["descriptor"], []).append(doc)
+            continue
+        yield from (("event_page", merge_event_pages(p)) for p in pages.values())
+        pages.clear()
+        yield name, doc
+    yield from (("event_page", merge_event_pages(p)) for p in pages.values())

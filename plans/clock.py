@@ -40,6 +40,11 @@ class Clock:
         self._real0 = _time.time()
         self.rate = rate
 
+    def set(self, start: float | dt.datetime) -> None:
+        """Make the clock read ``start`` now (and run on from there at ``rate``)."""
+        self._start = start.timestamp() if isinstance(start, dt.datetime) else start
+        self._real0 = _time.time()
+
     def time(self) -> float:
         """Clock time now, UNIX seconds."""
         real = _time.time()

@@ -27,14 +27,18 @@ from plans.monitor import monitor_objects
 from warden_devices.build import build_device
 from warden_devices.sim import SimUpstream
 
-from .config import WardenConfig
+from .config import ConfigError, WardenConfig
 
 log = logging.getLogger(__name__)
 
 
 def api_key_from_env() -> str:
     """``WARDEN_API_KEY``, or a fresh random key for this process."""
-    return os.environ.get("WARDEN_API_KEY") or secrets.token_hex(16)
+    key = os.environ.get("WARDEN_API_KEY") or secrets.token_hex(16)
+    if not key.isalnum() or not key.isascii():
+        raise ConfigError("WARDEN_API_KEY: must be ASCII letters and digits only "
+                          "(try: openssl rand -hex 32)")
+    return key
 
 
 class WardenService:
@@ -99,12 +103,12 @@ class WardenService:
         self.url = self.server.start()
         client = tiled_from_uri(self.url, api_key=self.api_key)
         self.writer = QueuedWriter(TiledRunSink(client["archive"]), on_written=self.latest.archived)
-        if self.sim is not None:
-            self.sim.start()
         return self.url
 
     def run(self) -> None:
         """Run the monitoring plan until :meth:`stop` (blocks the calling thread)."""
+        if self.sim is not None:
+            self.sim.start()
         RE = RunEngine({}, context_managers=[])
         RE.subscribe(self.latest)
         RE.subscribe(self.writer)

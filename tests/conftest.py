@@ -1,0 +1,139 @@
+"""Shared fixtures: real simulated IOCs over Channel Access on loopback, a running service.
+
+Channel Access settings must be in the environment before ophyd starts pyepics, so they are
+made here, at import, before any test module imports ophyd. Each IOC gets its own port and
+its own PV prefix; the client searches all of them on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+IOC_PORT = _free_port()  # the shared, always-running simulated machine (no PV prefix)
+KILL_PORT = _free_port()  # an IOC the tests kill and restart (PV prefix "k:")
+os.environ.update(
+    EPICS_CA_ADDR_LIST=f"127.0.0.1:{IOC_PORT} 127.0.0.1:{KILL_PORT}",
+    EPICS_CA_AUTO_ADDR_LIST="NO",
+    EPICS_CA_SERVER_PORT=str(IOC_PORT),
+    EPICS_CA_CONN_TMO="2",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "rhic.yaml"
+API_KEY = "testsecretkey1234"
+
+
+class SimIOC:
+    """``warden sim-ioc`` as a real subprocess, on loopback."""
+
+    def __init__(self, port: int, prefix: str = "", update_period: float = 0.5):
+        self.port, self.prefix, self.update_period = port, prefix, update_period
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> SimIOC:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "warden", "sim-ioc", "--port", str(self.port),
+             "--prefix", self.prefix, "--update-period", str(self.update_period)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        line = self.proc.stdout.readline()
+        assert "serving" in line, line
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+
+def caget(pvname: str, timeout: float = 5.0) -> tuple[object, float]:
+    """``epics.caget`` in a fresh interpreter (a client we did not write): (value, timestamp)."""
+    code = (
+        "import epics, json, sys\n"
+        f"pv = epics.PV({pvname!r}, auto_monitor=False)\n"
+        f"v = pv.get(timeout={timeout}, use_monitor=False)\n"
+        "v = v.tolist() if hasattr(v, 'tolist') else v\n"
+        "print(json.dumps([v, pv.timestamp]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, env=os.environ.copy())
+    import json
+
+    lines = [x for x in out.stdout.splitlines() if x.startswith("[")]
+    assert lines, out.stdout + out.stderr
+    value, ts = json.loads(lines[-1])
+    return value, ts
+
+
+@pytest.fixture(scope="session")
+def sim_ioc():
+    ioc = SimIOC(IOC_PORT).start()
+    yield ioc
+    ioc.kill()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def warden_server(sim_ioc, tmp_path_factory):
+    """``warden run examples/rhic.yaml`` (faster polls) as a subprocess, with its Tiled server."""
+    import yaml
+
+    data = tmp_path_factory.mktemp("warden-run")
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["archive"] = f"sqlite:///{data / 'archive.db'}"
+    config["serve"] = {"host": "127.0.0.1", "port": _free_port()}
+    config["ascii"] = None
+    for obj in config["objects"]:
+        if obj["mode"] == "scan":
+            obj.update(period=2.0, offset=0.5)
+    path = data / "warden.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "WARDEN_API_KEY": API_KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "warden", "run", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    while not seen or "serving" not in seen[-1]:  # libca may first warn about caRepeater
+        seen.append(proc.stdout.readline())
+        assert seen[-1] or proc.poll() is None, "".join(seen)
+        assert len(seen) < 50, "".join(seen)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining
+    url = f"http://127.0.0.1:{config['serve']['port']}"
+
+    def all_archived():
+        r = httpx.get(f"{url}/api/v1/search/latest", headers={"Authorization": f"Apikey {API_KEY}"})
+        items = r.json()["data"]
+        return all(i["attributes"]["metadata"]["archived_time"] for i in items)
+
+    wait_for(all_archived, timeout=30)
+    yield {"url": url, "config": config, "proc": proc, "data": data}
+    proc.terminate()
+    proc.wait(timeout=30)
