@@ -3,6 +3,7 @@
 import contextlib
 import datetime as dt
 import threading
+import time
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -221,3 +222,51 @@ def check_restart(second: Archive, n_first: int) -> None:
     conn = second.connections("yi2-wcm3", "2001-11-06")
     assert conn["connected"].all() and len(conn) >= 2
 
+
+
+def test_disconnects_and_reconnects_are_recorded_with_their_times(tmp_path):
+    from conftest import KILL_PORT, SimIOC
+
+    config = WardenConfig.model_validate({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}",
+        "timezone": ZONE.key,
+        "objects": [
+            {"name": "yi2-wcm3", "type": "WcmControl", "prefix": "k:yi2-wcm3:", "mode": "monitor"},
+            {"name": "ring-blue", "type": "ringSpec", "prefix": "k:ring-blue:", "period": 1},
+        ],
+    })
+    ioc = SimIOC(KILL_PORT, prefix="k:").start()
+    service = WardenService(config, port=0)
+    service.start()
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        archive = service.archive()
+
+        def connected() -> bool:
+            return all(service.latest.get(o)["connected"] for o in ("yi2-wcm3", "ring-blue"))
+
+        wait_for(connected, timeout=20)
+        wait_for(lambda: service.latest.get("ring-blue")["rows"] >= 1, timeout=10)
+        ioc.kill()
+        lost = wait_for(lambda: not archive.latest("yi2-wcm3")["connected"] and time.time(),
+                        timeout=30)
+        ioc.start()
+        wait_for(connected, timeout=30)
+        back = time.time()
+        rows_before = service.latest.get("yi2-wcm3")["rows"]
+        wait_for(lambda: service.latest.get("yi2-wcm3")["rows"] > rows_before, timeout=10)
+    finally:
+        service.stop()
+        runner.join(timeout=30)
+        ioc.kill()
+    service.writer.join()
+    today = dt.datetime.now(ZONE).date().isoformat()
+    with contextlib.closing(service):
+        log = archive.connections("yi2-wcm3", today)
+        states = log["connected"].tolist()
+        changes = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+        assert changes[-3:] == [True, False, True]
+        down = log[~log["connected"]]["time"].iloc[-1].timestamp()
+        up = log[log["connected"]]["time"].iloc[-1].timestamp()
+        assert down <= lost and up <= back + 1 and up > down

@@ -135,13 +135,16 @@ class RhicMachine:
         rng = self._rng
         p = self.phase(t)
         out: dict[str, object] = {}
-        cur = {ring: self.current(ring, t) * (1 + rng.gauss(0, 0.002)) for ring in PEAK_CURRENT}
+        # relative noise, plus the instruments' own noise floor (they read ~0 without beam)
+        cur = {ring: self.current(ring, t) * (1 + rng.gauss(0, 0.002)) + rng.gauss(0, 0.003)
+               for ring in PEAK_CURRENT}
         for name, kind, ring in RHIC_OBJECTS:
             pre = f"{name}:"
             if kind == "WcmControl":
                 out[pre + "wcmBeam"] = round(cur[ring], 4)
                 noise = np.random.default_rng(int(t * 1000) % 2**32).normal(1, 0.01, N_BUCKETS)
-                out[pre + "bunchIntensity"] = np.round(cur[ring] * self._bunch_pattern * noise, 5)
+                bunches = cur[ring] * self._bunch_pattern * noise
+                out[pre + "bunchIntensity"] = np.round(bunches, 5)
             elif kind == "DvmControl":
                 out[pre + "dvmBeam"] = round(cur[ring] * 1.02 + rng.gauss(0, 0.05), 4)
             elif kind == "ringSpec":
@@ -166,7 +169,8 @@ class RhicMachine:
     def _sis(self, pre: str, t: float, cur: dict[str, float]) -> dict[str, object]:
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
-        rates = np.array([cur["yellow"] * cur["blue"] * (1 + 0.1 * k) for k in range(SIS_CHANNELS)])
+        beam = max(0.0, cur["yellow"]) * max(0.0, cur["blue"])
+        rates = np.array([beam * (1 + 0.1 * k) for k in range(SIS_CHANNELS)])
         self._sis_counts += np.floor(rates * dt)
         return {pre + "counts": self._sis_counts.copy(), pre + "rates": np.round(rates, 3)}
 
