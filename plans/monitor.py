@@ -14,6 +14,7 @@ from bluesky.utils import MsgGenerator
 
 from .buffer import ConnectionLog, ObjectBuffer
 from .clock import Clock
+from .exchange import Exchange, ExchangeLog, exchange_once
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,15 @@ def read_group(group: ScanGroup) -> MsgGenerator[None]:
         buf.add_reading(reading)
 
 
-def flush(
-    buffers: Sequence[ObjectBuffer], connections: ConnectionLog, declared: set[str]
-) -> MsgGenerator[None]:
-    """Collect every buffer that holds readings, as one event page per object stream."""
-    for buf in [connections, *buffers]:
-        if not buf.pending():
+def flush(collectables: Sequence, declared: set[str]) -> MsgGenerator[None]:
+    """Collect every buffer or log that holds rows, as one event page per stream."""
+    for obj in collectables:
+        if not obj.pending():
             continue
-        if buf.name not in declared:
-            yield from bps.declare_stream(buf, name=buf.name, collect=True)
-            declared.add(buf.name)
-        yield from bps.collect(buf, name=buf.name, return_payload=False)
+        if obj.name not in declared:
+            yield from bps.declare_stream(obj, name=obj.name, collect=True)
+            declared.add(obj.name)
+        yield from bps.collect(obj, name=obj.name, return_payload=False)
 
 
 def monitor_day(
@@ -90,6 +89,8 @@ def monitor_day(
     flush_interval: float,
     stop: threading.Event,
     md: dict | None = None,
+    exchanges: Sequence[Exchange] = (),
+    exchange_log: ExchangeLog | None = None,
 ) -> MsgGenerator[str]:
     """One archive day: a run that lasts until local midnight or until ``stop`` is set."""
     day = clock.day()
@@ -100,6 +101,9 @@ def monitor_day(
         "objects": [buf.name for buf in buffers],
         **(md or {}),
     }
+
+    logs = [connections] if exchange_log is None else [connections, exchange_log]
+    collectables = [*logs, *buffers]
 
     @bpp.run_decorator(md=_md)
     def inner():
@@ -114,10 +118,14 @@ def monitor_day(
                 if now >= group.next_due:
                     yield from read_group(group)
                     group.advance(now)
-            yield from flush(buffers, connections, declared)
+            for ex in exchanges:
+                if now >= ex.next_due:
+                    yield from exchange_once(ex, exchange_log)
+                    ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
+            yield from flush(collectables, declared)
             wake = min([now + flush_interval, midnight, *(g.next_due for g in groups)])
             yield from bps.sleep(clock.real_seconds(wake - clock.time()))
-        yield from flush(buffers, connections, declared)
+        yield from flush(collectables, declared)
 
     return (yield from inner())
 
@@ -130,6 +138,7 @@ def monitor_objects(
     flush_interval: float = 0.5,
     stop: threading.Event | None = None,
     md: dict | None = None,
+    exchanges: Sequence[Exchange] = (),
 ) -> MsgGenerator[None]:
     """Watch objects until ``stop`` is set: one run per archive day, one stream per object.
 
@@ -149,16 +158,22 @@ def monitor_objects(
         Set it (from any thread) to close the current run and end the plan.
     md
         Extra metadata for every run's start document.
+    exchanges
+        Write-backs upstream, each recorded in the ``exchange`` stream.
     """
     clock = clock or Clock()
     stop = stop or threading.Event()
     groups = scan_groups(buffers, periods)
+    exchange_log = ExchangeLog(clock.time) if exchanges else None
 
     @bpp.stage_decorator(buffers)
     def inner():
         for group in groups:
             group.start(clock.time())
+        for ex in exchanges:
+            ex.next_due = clock.time()
         while not stop.is_set():
-            yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md)
+            yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md,
+                                   exchanges, exchange_log)
 
     return (yield from inner())

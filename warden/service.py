@@ -23,8 +23,9 @@ from catalog.server import TiledServer, sql_catalog, warden_app
 from catalog.writer import QueuedWriter, TiledRunSink
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
+from plans.exchange import Exchange
 from plans.monitor import monitor_objects
-from warden_devices.build import build_device
+from warden_devices.build import build_device, build_source, build_target
 from warden_devices.sim import SimUpstream
 
 from .config import ConfigError, WardenConfig
@@ -84,6 +85,10 @@ class WardenService:
             for dev in self.devices
         ]
         self.periods = {o.name: (o.period, o.offset) for o in config.objects if o.mode == "scan"}
+        self.exchanges = [
+            Exchange(build_source(e.source), build_target(e.target), e.period, e.source, e.target)
+            for e in config.exchange
+        ]
         self.latest = LatestStore([o.name for o in config.objects])
         sim_devices = [
             d for d, o in zip(self.devices, config.objects, strict=True) if o.source == "sim"
@@ -121,6 +126,7 @@ class WardenService:
                 flush_interval=self.config.flush_interval,
                 stop=self.stop_event,
                 md={"timezone": self.config.zone.key},
+                exchanges=self.exchanges,
             )
         )
 
@@ -138,6 +144,9 @@ class WardenService:
             self.sim.stop()
         for dev in self.devices:
             dev.destroy()
+        for ex in self.exchanges:
+            ex.source.destroy()
+            ex.target.destroy()
 
     def archive(self) -> Archive:
         """Query helper on this service's own server."""

@@ -51,6 +51,17 @@ def pv_names(device: UpstreamObject) -> dict[str, str]:
 
 
 def build_target(pvname: str, source: str = "epics") -> EpicsSignal:
-    """Build the writable signal of an exchange target."""
-    cls = make_fake_device(EpicsSignal) if source == "sim" else EpicsSignal
-    return cls(pvname, name=pvname.replace(":", "_"))
+    """Build the writable signal of an exchange target (put with completion)."""
+    if source == "sim":
+        return make_fake_device(EpicsSignal)(pvname, name=_signal_name(pvname))
+    return EpicsSignal(pvname, name=_signal_name(pvname), put_complete=True, string=True)
+
+
+def build_source(pvname: str, source: str = "epics") -> EpicsSignalRO:
+    """Build the read-only signal of an exchange source."""
+    cls = make_fake_device(EpicsSignalRO) if source == "sim" else EpicsSignalRO
+    return cls(pvname, name=_signal_name(pvname), string=True)
+
+
+def _signal_name(pvname: str) -> str:
+    return pvname.replace(":", "_").replace("-", "_")
