@@ -32,6 +32,7 @@ class LatestStore:
                 "connected": False,
                 "time": None,
                 "rows": 0,
+                "since": None,
                 "attributes": {},
             }
         return self._latest[name]
@@ -43,8 +44,9 @@ class LatestStore:
     def get(self, name: str) -> dict[str, Any]:
         """The latest entry of ``name``; raise ``KeyError`` for an unknown object.
 
-        ``time`` is the newest upstream timestamp, ``rows`` the readings since the service
-        started and ``archived_time`` the newest upstream timestamp already in the archive.
+        ``time`` is the newest upstream timestamp, ``rows`` the readings since ``since`` (the
+        upstream time of the first of them) and ``archived_time`` the newest upstream timestamp
+        already in the archive.
         """
         return {**self._latest[name], "archived_time": self._archived.get(name)}
 
@@ -75,7 +77,9 @@ class LatestStore:
             attrs[key] = {"value": _json(values[-1]), "timestamp": page["timestamps"][key][-1]}
         newest = max((a["timestamp"] for a in attrs.values()), default=None)
         rows = old["rows"] + len(page["seq_num"])
-        self._latest[obj] = {**old, "time": newest, "rows": rows, "attributes": attrs}
+        since = old["since"] or min(min(ts) for ts in page["timestamps"].values())
+        self._latest[obj] = {**old, "time": newest, "rows": rows, "since": since,
+                             "attributes": attrs}
 
     def _connections(self, page: dict) -> None:
         for obj, connected in zip(page["data"]["object"], page["data"]["connected"], strict=True):

@@ -162,10 +162,11 @@ def sim_config(tmp_path, **extra) -> WardenConfig:
 
 
 @contextlib.contextmanager
-def run_service(config, start: dt.datetime, seconds: float, rate: float = 1.0):
+def run_service(config, start: dt.datetime, seconds: float, rate: float = 1.0,
+                public: bool = False):
     """Run the service for ``seconds`` from clock time ``start``; yield its served archive."""
     clock = Clock(ZONE, rate=rate)
-    service = WardenService(config, clock=clock, port=0)
+    service = WardenService(config, clock=clock, port=0, public=public)
     service.sim.update_period = 0.25
     service.start()
     clock.set(start)  # the clock starts now, after the server is up
@@ -270,3 +271,16 @@ def test_disconnects_and_reconnects_are_recorded_with_their_times(tmp_path):
         down = log[~log["connected"]]["time"].iloc[-1].timestamp()
         up = log[log["connected"]]["time"].iloc[-1].timestamp()
         assert down <= lost and up <= back + 1 and up > down
+
+
+def test_public_server_reads_without_key_but_never_writes(tmp_path):
+    start = dt.datetime(2001, 11, 6, 12, 0, tzinfo=ZONE)
+    with run_service(sim_config(tmp_path), start, seconds=2, public=True) as archive:
+        url = archive.root.uri.split("/api/v1")[0]
+        r = httpx.get(f"{url}/api/v1/metadata/latest/yi2-wcm3")
+        assert r.status_code == 200
+        assert r.json()["data"]["attributes"]["metadata"]["attributes"]["wcmBeam"]["value"] > 0
+        assert httpx.get(f"{url}/api/v1/search/archive").status_code == 200
+        body = {"data": {"metadata": {}, "structure_family": "container", "specs": []}}
+        assert httpx.post(f"{url}/api/v1/metadata/archive", json=body).status_code in (401, 403)
+        assert len(list(archive.catalog)) == 1

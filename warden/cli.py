@@ -124,15 +124,19 @@ def cmd_days(args) -> int:
 def cmd_status(args) -> int:
     archive = _archive(args)
     now = time.time()
-    print(f"{'object':<16} {'state':<13} {'rows':>7} {'last update':>12} {'archive lag':>12}")
+    print(f"{'object':<16} {'state':<13} {'rows':>7} {'rows/min':>9} {'last update':>12} "
+          f"{'archive lag':>12}")
     for name in archive.objects():
         e = archive.latest(name)
         state = "connected" if e["connected"] else "DISCONNECTED"
         age = f"{now - e['time']:.1f} s ago" if e["time"] else "never"
+        rate = "-"
+        if e["since"] and e["time"] and e["time"] > e["since"]:
+            rate = f"{60 * (e['rows'] - 1) / (e['time'] - e['since']):.1f}"
         lag = "-"
         if e["time"] and e.get("archived_time"):
             lag = f"{max(0.0, e['time'] - e['archived_time']):.1f} s"
-        print(f"{name:<16} {state:<13} {e['rows']:>7} {age:>12} {lag:>12}")
+        print(f"{name:<16} {state:<13} {e['rows']:>7} {rate:>9} {age:>12} {lag:>12}")
     return 0
 
 
