@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -23,13 +24,19 @@ from .latest import LatestStore, latest_tree
 log = logging.getLogger(__name__)
 
 
-def sql_catalog(archive_uri: str, init: bool = True):
+def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None = None):
     """Open (and create) the Tiled SQL catalog of an ``sqlite://`` or ``postgresql://`` archive.
 
     For ``sqlite:///dir/archive.db`` the catalog is that file; tables go to
     ``dir/archive.tables.db`` and large arrays under ``dir/archive.data/``.
+
+    For ``postgresql://user@host:port/db`` the catalog *and* the tables live in that database
+    (``init`` creates Tiled's catalog schema in it, as ``tiled catalog init`` does; the
+    database itself must exist); large arrays go under ``data_dir`` (default
+    ``./warden-data/<db>.data``), which every server of the archive must see.
     """
     scheme = archive_uri.split("://", 1)[0].split("+", 1)[0]
+    specs = [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}]
     if scheme == "sqlite":
         path = Path(archive_uri.split("://", 1)[1][1:])  # sqlite:///rel or sqlite:////abs
         path = path.resolve()
@@ -41,13 +48,34 @@ def sql_catalog(archive_uri: str, init: bool = True):
             f"sqlite:///{path}",
             writable_storage=[data_dir, tables],
             init_if_not_exists=init,
-            specs=[{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
+            specs=specs,
+        )
+    if scheme in ("postgresql", "postgres"):
+        tables = "postgresql://" + archive_uri.split("://", 1)[1]  # ADBC takes no +driver
+        data_dir = Path(data_dir or postgres_data_dir(archive_uri)).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return catalog_from_uri(
+            archive_uri,
+            writable_storage=[data_dir, tables],
+            init_if_not_exists=init,
+            specs=specs,
         )
     raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
 
 
-def warden_app(catalog, store: LatestStore, timezone: str, api_key: str, public: bool = False):
-    """A Tiled app serving ``/archive`` and ``/latest``; reads need the key unless ``public``."""
+def postgres_data_dir(archive_uri: str) -> Path:
+    """Default directory of a PostgreSQL archive's large arrays: ``./warden-data/<db>.data``."""
+    db = urlsplit(archive_uri).path.strip("/") or "postgres"
+    return Path("warden-data") / f"{db}.data"
+
+
+def warden_app(
+    catalog, store: LatestStore, timezone: str, api_key: str, public: bool = False, routers=()
+):
+    """A Tiled app serving ``/archive`` and ``/latest``; reads need the key unless ``public``.
+
+    ``routers`` are extra FastAPI routers mounted on the same app.
+    """
     return build_app(
         MapAdapter({"archive": catalog, "latest": latest_tree(store, timezone)}),
         authentication=Authentication(single_user_api_key=api_key, allow_anonymous_access=public),
@@ -55,6 +83,7 @@ def warden_app(catalog, store: LatestStore, timezone: str, api_key: str, public:
             "startup": list(getattr(catalog, "startup_tasks", [])),
             "shutdown": list(getattr(catalog, "shutdown_tasks", [])),
         },
+        include_routers=list(routers),
     )
 
 

@@ -137,7 +137,47 @@ def cmd_status(args) -> int:
         if e["time"] and e.get("archived_time"):
             lag = f"{max(0.0, e['time'] - e['archived_time']):.1f} s"
         print(f"{name:<16} {state:<13} {e['rows']:>7} {rate:>9} {age:>12} {lag:>12}")
+    r = _control(args, "GET")
+    if r.status_code == 200 and r.json():
+        print()
+        _print_plugins(r.json())
     return 0
+
+
+def cmd_plugins(args) -> int:
+    if args.action != "list" and not args.name:
+        from catalog.query import QueryError
+
+        raise QueryError(f"plugins {args.action}: name the plugin")
+    path = "" if args.action == "list" else f"/{args.name}/{args.action}"
+    r = _control(args, "GET" if args.action == "list" else "POST", path)
+    if r.status_code >= 400:
+        print(f"warden plugins: {r.status_code} {r.json().get('detail', r.text)}",
+              file=sys.stderr)
+        return 2
+    _print_plugins(r.json() if isinstance(r.json(), list) else [r.json()])
+    return 0
+
+
+def _control(args, method: str, path: str = ""):
+    """A request to the service's control API (``/api/v1/warden/plugins``)."""
+    import httpx
+
+    key = os.environ.get("WARDEN_API_KEY")
+    headers = {"Authorization": f"Apikey {key}"} if key else {}
+    url = f"{args.server.rstrip('/')}/api/v1/warden/plugins{path}"
+    try:
+        return httpx.request(method, url, headers=headers)
+    except httpx.TransportError as err:
+        raise ConnectionError(f"cannot reach the warden server at {args.server}: {err}") from None
+
+
+def _print_plugins(rows: list[dict]) -> None:
+    print(f"{'plugin':<16} {'state':<9} {'interval':>8} {'runs':>6} {'errors':>6} "
+          f"{'overruns':>8}  last error")
+    for p in rows:
+        print(f"{p['name']:<16} {p['state']:<9} {p['interval']:>8} {p['runs']:>6} "
+              f"{p['errors']:>6} {p['overruns']:>8}  {p['last_error']}")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -226,6 +266,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between simulated beam updates (default 2)",
     )
     c.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("plugins", help="list plugins, or start/stop one in the running service")
+    c.add_argument("action", nargs="?", choices=["list", "start", "stop"], default="list")
+    c.add_argument("name", nargs="?")
+    c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
+    c.set_defaults(func=cmd_plugins)
 
     for name, func, helptext in (
         ("latest", cmd_latest, "newest reading of an object"),

@@ -133,6 +133,9 @@ class WardenConfig(Strict):
     objects: Annotated[list[ObjectConfig], Field(min_length=1, max_length=100_000)]
     exchange: list[ExchangeConfig] = []
     plugins: list[PluginConfig] = []
+    plugin_dir: Path | None = None
+    plugin_threads: Annotated[int, Field(ge=1, le=64)] = 4
+    plugin_tick: Annotated[float, Field(gt=0, le=10)] = 0.1
 
     @field_validator("archive")
     @classmethod
@@ -166,6 +169,14 @@ class WardenConfig(Strict):
                 )
             seen[obj.name] = i
         return objects
+
+    @model_validator(mode="after")
+    def _plugin_names_free(self) -> WardenConfig:
+        objects = {o.name for o in self.objects}
+        for i, p in enumerate(self.plugins):
+            if p.name in objects:
+                raise ValueError(f"plugins[{i}].name: {p.name!r} is already an object's name")
+        return self
 
     @property
     def zone(self) -> ZoneInfo:

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -25,10 +24,12 @@ from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
 from plans.monitor import monitor_objects
-from warden_devices.build import build_device, build_source, build_target
+from warden_devices.build import build_derived, build_device, build_source, build_target
 from warden_devices.sim import SimUpstream
 
 from .config import ConfigError, WardenConfig
+from .control import control_router
+from .plugins.runner import PluginRunner, PluginState, discover
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,26 @@ class WardenService:
             Exchange(build_source(e.source), build_target(e.target), e.period, e.source, e.target)
             for e in config.exchange
         ]
-        self.latest = LatestStore([o.name for o in config.objects])
         sim_devices = [
             d for d, o in zip(self.devices, config.objects, strict=True) if o.source == "sim"
         ]
         self.sim = SimUpstream(sim_devices, time=self.clock.time) if sim_devices else None
+        self.plugins = self._plugin_states(config)
+        self.runner = PluginRunner(self.plugins, self.latest_entry, self.clock.time,
+                                   config.plugin_threads, config.plugin_tick)
+        self.devices += [s.device for s in self.plugins]
+        self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
+        self.latest = LatestStore([d.name for d in self.devices])
         self.server: TiledServer | None = None
         self.writer: QueuedWriter | None = None
-        self.started_at = time.time()
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> str:
         """Open the archive and start serving it; return the server's base URL."""
         catalog = sql_catalog(self.config.archive)
-        app = warden_app(catalog, self.latest, self.config.zone.key, self.api_key, self.public)
+        control = control_router(self.runner, self.api_key, self.public)
+        app = warden_app(catalog, self.latest, self.config.zone.key, self.api_key, self.public,
+                         routers=[control])
         log_dir = _log_dir(self.config.archive)
         self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
         self.url = self.server.start()
@@ -114,6 +121,7 @@ class WardenService:
         """Run the monitoring plan until :meth:`stop` (blocks the calling thread)."""
         if self.sim is not None:
             self.sim.start()
+        self.runner.start()
         RE = RunEngine({}, context_managers=[])
         RE.subscribe(self.latest)
         RE.subscribe(self.writer)
@@ -136,6 +144,7 @@ class WardenService:
 
     def close(self) -> None:
         """Write what is queued, then stop the server and the simulated upstream."""
+        self.runner.stop()
         if self.writer is not None:
             self.writer.close()
         if self.server is not None:
@@ -148,9 +157,43 @@ class WardenService:
             ex.source.destroy()
             ex.target.destroy()
 
+    def latest_entry(self, name: str) -> dict:
+        """The latest entry of an object (what plugins read)."""
+        return self.latest.get(name)
+
+    @staticmethod
+    def _plugin_states(config: WardenConfig) -> list[PluginState]:
+        """Instantiate the configured plugins, each with its derived device."""
+        found = discover(config.plugin_dir)
+        states = []
+        for i, entry in enumerate(config.plugins):
+            if entry.name not in found:
+                raise ConfigError(f"plugins[{i}].name: unknown plugin {entry.name!r} "
+                                  f"(found: {', '.join(sorted(found)) or 'none'})")
+            plugin = found[entry.name]()
+            device = build_derived(entry.name, list(plugin.outputs))
+            states.append(PluginState(
+                plugin,
+                entry.interval or plugin.interval,
+                plugin.offset if entry.offset is None else entry.offset,
+                publish=_publisher(device),
+                device=device,
+            ))
+        return states
+
     def archive(self) -> Archive:
         """Query helper on this service's own server."""
         return Archive(tiled_from_uri(self.url, api_key=self.api_key), zone=self.config.zone)
+
+
+def _publisher(device):
+    """Put a plugin's outputs into its derived device, stamped with the plugin's time."""
+
+    def publish(outputs: dict, t: float) -> None:
+        for attr, value in outputs.items():
+            getattr(device, attr).put(value, timestamp=t)
+
+    return publish
 
 
 def _log_dir(archive_uri: str) -> Path | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ophyd import Component as Cpt
-from ophyd import EpicsSignal, EpicsSignalRO
+from ophyd import EpicsSignal, EpicsSignalRO, Signal
 from ophyd.sim import make_fake_device
 
 from .rhic import GENERIC, OBJECT_TYPES, UpstreamObject
 
-_generic_cache: dict[tuple[tuple[str, str], ...], type[UpstreamObject]] = {}
+_generic_cache: dict[tuple, type[UpstreamObject]] = {}
 
 
 def generic_type(attributes: Mapping[str, str]) -> type[UpstreamObject]:
@@ -42,6 +42,15 @@ def build_device(
 ) -> UpstreamObject:
     """Build the device of one configured object (not yet connected)."""
     return device_class(type_name, source, attributes)(prefix, name=name)
+
+
+def build_derived(name: str, attributes: list[str]) -> UpstreamObject:
+    """A device of soft signals, one per attribute, for values the warden derives itself."""
+    key = ("derived", *attributes)
+    if key not in _generic_cache:
+        body = {attr: Cpt(Signal, value=None, kind="normal") for attr in attributes}
+        _generic_cache[key] = type("DerivedObject", (UpstreamObject,), body)
+    return _generic_cache[key]("", name=name)
 
 
 def pv_names(device: UpstreamObject) -> dict[str, str]:

@@ -1,0 +1,43 @@
+"""HTTP control of the running service, mounted on its Tiled server under ``/api/v1/warden``.
+
+``GET /plugins`` lists the plugins and their state; ``POST /plugins/{name}/start`` and
+``/stop`` switch one. Every request needs the API key (``Authorization: Apikey <key>`` or
+``?api_key=``), except reading the list on a ``--public`` server. Nothing here writes upstream.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, HTTPException, Request
+
+from .plugins.runner import PluginRunner
+
+
+def control_router(runner: PluginRunner, api_key: str, public: bool = False) -> APIRouter:
+    router = APIRouter(prefix="/warden")  # Tiled mounts it under /api/v1
+
+    def authorize(request: Request, write: bool) -> None:
+        if public and not write:
+            return
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Apikey ").strip() if header.startswith("Apikey ") else ""
+        given = given or request.query_params.get("api_key", "")
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(status_code=401, detail="an API key is required")
+
+    @router.get("/plugins")
+    def plugins(request: Request) -> list[dict]:
+        authorize(request, write=False)
+        return runner.status()
+
+    @router.post("/plugins/{name}/{action}")
+    def switch(name: str, action: str, request: Request) -> dict:
+        authorize(request, write=True)
+        if action not in ("start", "stop"):
+            raise HTTPException(status_code=404, detail=f"unknown action {action!r}")
+        if name not in runner.states:
+            raise HTTPException(status_code=404, detail=f"unknown plugin {name!r}")
+        return runner.enable(name, action == "start")
+
+    return router
