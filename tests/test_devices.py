@@ -93,7 +93,7 @@ def test_devices_report_disconnected_when_the_ioc_dies():
         ioc.kill()
         wait_for(lambda: not any(dev.connected for dev in devs), timeout=30)
         ioc.start()
-        wait_for(lambda: all(dev.connected for dev in devs), timeout=30)
+        wait_for(lambda: all(dev.connected for dev in devs), timeout=60)
     finally:
         ioc.kill()
         for dev in devs:

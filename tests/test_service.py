@@ -52,7 +52,8 @@ def test_latest_over_http_matches_caget(warden_server, obj, attr):
 def test_day_returns_rows_for_every_object_in_time_order(warden_server, archive):
     today = dt.datetime.now(ZONE).date().isoformat()
     assert today in archive.days()
-    assert archive.objects() == [o["name"] for o in warden_server["config"]["objects"]]
+    config = warden_server["config"]
+    assert archive.objects() == [o["name"] for o in config["objects"] + config["plugins"]]
     for obj in archive.objects():
         wait_for(lambda obj=obj: len(archive.day(obj, today)) >= 2, timeout=20)
         df = archive.day(obj, today)
@@ -253,7 +254,7 @@ def test_disconnects_and_reconnects_are_recorded_with_their_times(tmp_path):
         lost = wait_for(lambda: not archive.latest("yi2-wcm3")["connected"] and time.time(),
                         timeout=30)
         ioc.start()
-        wait_for(connected, timeout=30)
+        wait_for(connected, timeout=60)
         back = time.time()
         rows_before = service.latest.get("yi2-wcm3")["rows"]
         wait_for(lambda: service.latest.get("yi2-wcm3")["rows"] > rows_before, timeout=10)
