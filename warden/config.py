@@ -47,8 +47,8 @@ class ObjectConfig(Strict):
 
     name: ObjectName
     type: str
-    source: Literal["epics", "sim"] = "epics"
-    prefix: str | None = Field(None, max_length=128)
+    source: Literal["epics", "sim", "tango"] = "epics"
+    prefix: str | None = Field(None, max_length=256)
     mode: Literal["scan", "monitor"] = "scan"
     period: Seconds = 30.0
     offset: Annotated[float, Field(ge=0, le=86400)] = 0.0
@@ -84,6 +84,8 @@ class ObjectConfig(Strict):
             )
         if self.type == GENERIC and not self.attributes:
             raise ValueError("attributes: a generic object needs a list of attributes")
+        if self.source == "tango" and not self.prefix:
+            raise ValueError("prefix: a tango object needs its device name as prefix")
         if self.type != GENERIC and self.attributes is not None:
             raise ValueError(f"attributes: only objects of type {GENERIC!r} list attributes")
         return self
@@ -111,9 +113,10 @@ class AsciiConfig(Strict):
 
 
 class ExchangeConfig(Strict):
-    source: Annotated[str, Field(min_length=1, max_length=128)]
-    target: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Annotated[str, Field(min_length=1, max_length=256)]
+    target: Annotated[str, Field(min_length=1, max_length=256)]
     period: Seconds = 120.0
+    protocol: Literal["epics", "tango"] = "epics"  # of both source and target
 
 
 class PluginConfig(Strict):

@@ -87,7 +87,8 @@ class WardenService:
         ]
         self.periods = {o.name: (o.period, o.offset) for o in config.objects if o.mode == "scan"}
         self.exchanges = [
-            Exchange(build_source(e.source), build_target(e.target), e.period, e.source, e.target)
+            Exchange(build_source(e.source, e.protocol), build_target(e.target, e.protocol),
+                     e.period, e.source, e.target)
             for e in config.exchange
         ]
         sim_devices = [

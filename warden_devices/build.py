@@ -25,11 +25,15 @@ def generic_type(attributes: Mapping[str, str]) -> type[UpstreamObject]:
 def device_class(
     type_name: str, source: str = "epics", attributes: Mapping[str, str] | None = None
 ) -> type[UpstreamObject]:
-    """Return the device class of an object type for a source (``epics`` or ``sim``)."""
+    """Return the device class of an object type for a source (``epics``, ``sim``, ``tango``)."""
     if type_name == GENERIC:
         cls = generic_type(attributes or {})
     else:
         cls = OBJECT_TYPES[type_name]
+    if source == "tango":
+        from .tango import make_tango_device  # PyTango only when a Tango object is configured
+
+        return make_tango_device(cls)
     return make_fake_device(cls) if source == "sim" else cls
 
 
@@ -61,6 +65,10 @@ def pv_names(device: UpstreamObject) -> dict[str, str]:
 
 def build_target(pvname: str, source: str = "epics") -> EpicsSignal:
     """Build the writable signal of an exchange target (put with completion)."""
+    if source == "tango":
+        from .tango import tango_target
+
+        return tango_target(pvname)
     if source == "sim":
         return make_fake_device(EpicsSignal)(pvname, name=_signal_name(pvname))
     return EpicsSignal(pvname, name=_signal_name(pvname), put_complete=True, string=True)
@@ -68,6 +76,10 @@ def build_target(pvname: str, source: str = "epics") -> EpicsSignal:
 
 def build_source(pvname: str, source: str = "epics") -> EpicsSignalRO:
     """Build the read-only signal of an exchange source."""
+    if source == "tango":
+        from .tango import tango_target
+
+        return tango_target(pvname)
     cls = make_fake_device(EpicsSignalRO) if source == "sim" else EpicsSignalRO
     return cls(pvname, name=_signal_name(pvname), string=True)
 
