@@ -82,13 +82,28 @@ class _Stream:
         columns: dict[str, Any] = {"seq_num": page["seq_num"], "time": page["time"]}
         columns.update({k: v for k, v in data.items() if k not in self.array_keys})
         columns.update({f"ts_{k}": v for k, v in stamps.items()})
-        table = pa.table(columns)
+        table = pa.table(columns, schema=self._schema(columns))
         if self.table is None:
             md = {k: v for k, v in self.data_keys.items() if k in columns}
             self.table = self.node.create_appendable_table(
                 schema=table.schema, key="internal", metadata=md
             )
         self.table.append_partition(0, table)
+
+    def _schema(self, columns: dict[str, Any]) -> pa.Schema:
+        """Column types from the data keys, so a page of whole numbers stays a float column."""
+        types = {"number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
+                 "string": pa.string()}
+        fields = []
+        for name in columns:
+            key = name.removeprefix("ts_") if name.startswith("ts_") else name
+            if name in ("time",) or name.startswith("ts_") and key in self.data_keys:
+                fields.append((name, pa.float64()))
+            elif name == "seq_num":
+                fields.append((name, pa.int64()))
+            else:
+                fields.append((name, types.get(self.data_keys[name]["dtype"], pa.string())))
+        return pa.schema(fields)
 
     def _append_array(self, key: str, array: np.ndarray) -> None:
         node = self.arrays.get(key)

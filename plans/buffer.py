@@ -11,6 +11,7 @@ Both are bluesky ``Collectable`` objects (``describe_collect`` / ``collect_pages
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,6 +111,7 @@ class ObjectBuffer:
         self._rows: list[tuple[float, Row]] = []
         self._tokens: list[tuple[Any, int]] = []
         self.updates = 0  # values received since start
+        self.cutoff = math.inf  # the plan sets it to midnight for a closing day's last flush
 
     # -- Stageable ---------------------------------------------------------------------------
     def stage(self) -> list[ObjectBuffer]:
@@ -188,8 +190,11 @@ class ObjectBuffer:
         }
 
     def collect_pages(self) -> Iterator[dict]:
+        """Drain the rows stamped before ``cutoff`` (all rows, unless the day is closing)."""
         with self._lock:
-            rows, self._rows = self._rows, []
+            keep = [r for r in self._rows if r[0] >= self.cutoff]
+            rows = [r for r in self._rows if r[0] < self.cutoff] if keep else self._rows
+            self._rows = keep
         if not rows:
             return
         data = {attr: [_plain(row[attr][0]) for _, row in rows] for attr in self.attributes}

@@ -125,7 +125,12 @@ def monitor_day(
             yield from flush(collectables, declared)
             wake = min([now + flush_interval, midnight, *(g.next_due for g in groups)])
             yield from bps.sleep(clock.real_seconds(wake - clock.time()))
+        closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
+        for buf in buffers:
+            buf.cutoff = midnight if closing else math.inf
         yield from flush(collectables, declared)
+        for buf in buffers:
+            buf.cutoff = math.inf
 
     return (yield from inner())
 

@@ -111,6 +111,22 @@ def cmd_day(args) -> int:
     return 0
 
 
+def cmd_export_ascii(args) -> int:
+    from catalog.ascii import day_file_name, export_day
+
+    archive = _archive(args)
+    text = export_day(archive, args.date, object=args.object, zone=archive.zone)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        from pathlib import Path
+
+        out = Path(args.output or day_file_name(args.prefix, args.date))
+        out.write_text(text, encoding="utf-8")
+        print(f"{out}: {text.count(chr(10))} lines")
+    return 0
+
+
 def cmd_objects(args) -> int:
     print("\n".join(_archive(args).objects()))
     return 0
@@ -266,6 +282,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between simulated beam updates (default 2)",
     )
     c.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("export-ascii", help="regenerate a day's RHIC-style ASCII file")
+    c.add_argument("date", help="YYYY-MM-DD")
+    c.add_argument("--object", default=None, help="only this object's lines")
+    c.add_argument("--prefix", default="rhicdata", help="file name prefix (default rhicdata)")
+    c.add_argument("-o", "--output", default=None,
+                   help="file to write (default <prefix>.<Mon><DD><YYYY>.dat; - for stdout)")
+    c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
+    c.set_defaults(func=cmd_export_ascii)
 
     c = sub.add_parser("plugins", help="list plugins, or start/stop one in the running service")
     c.add_argument("action", nargs="?", choices=["list", "start", "stop"], default="list")

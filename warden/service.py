@@ -16,6 +16,7 @@ from pathlib import Path
 from bluesky import RunEngine
 from tiled.client import from_uri as tiled_from_uri
 
+from catalog.ascii import AsciiDayWriter
 from catalog.latest import LatestStore
 from catalog.query import Archive
 from catalog.server import TiledServer, sql_catalog, warden_app
@@ -103,6 +104,10 @@ class WardenService:
         self.latest = LatestStore([d.name for d in self.devices])
         self.server: TiledServer | None = None
         self.writer: QueuedWriter | None = None
+        self.ascii = (
+            AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
+            if config.ascii else None
+        )
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> str:
@@ -126,6 +131,8 @@ class WardenService:
         RE = RunEngine({}, context_managers=[])
         RE.subscribe(self.latest)
         RE.subscribe(self.writer)
+        if self.ascii is not None:  # in emission order, so `export-ascii` matches the file
+            RE.subscribe(self.ascii)
         RE(
             monitor_objects(
                 self.buffers,
@@ -148,6 +155,8 @@ class WardenService:
         self.runner.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.ascii is not None:
+            self.ascii.close()
         if self.server is not None:
             self.server.stop()
         if self.sim is not None:
