@@ -7,6 +7,8 @@ its own PV prefix; the client searches all of them on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -137,3 +140,46 @@ def warden_server(sim_ioc, tmp_path_factory):
     yield {"url": url, "config": config, "proc": proc, "data": data}
     proc.terminate()
     proc.wait(timeout=30)
+
+
+# -- the in-process service on the sim source, with an injected clock --------------------------
+ZONE = ZoneInfo("America/New_York")
+
+
+def sim_config(tmp_path, **extra):
+    """A WCM (monitor) and a ringSpec (1 s scan) on the in-process sim source, SQLite archive."""
+    from warden.config import WardenConfig
+
+    return WardenConfig.model_validate({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}",
+        "timezone": ZONE.key,
+        "objects": [
+            {"name": "yi2-wcm3", "type": "WcmControl", "source": "sim", "mode": "monitor"},
+            {"name": "ring-yellow", "type": "ringSpec", "source": "sim", "period": 1,
+             "offset": 0.2},
+        ],
+        **extra,
+    })
+
+
+@contextlib.contextmanager
+def run_service(config, start: dt.datetime, seconds: float, rate: float = 1.0,
+                public: bool = False, api_key: str | None = None):
+    """Run the service for ``seconds`` from clock time ``start``; yield its served archive."""
+    from plans.clock import Clock
+    from warden.service import WardenService
+
+    clock = Clock(ZONE, rate=rate)
+    service = WardenService(config, clock=clock, port=0, public=public, api_key=api_key)
+    service.sim.update_period = 0.25
+    service.start()
+    clock.set(start)  # the clock starts now, after the server is up
+    threading.Timer(seconds, service.stop).start()
+    try:
+        service.run()
+        service.writer.join()
+        assert service.writer.errors == 0
+        assert service.ascii is None or service.ascii.errors == 0
+        yield service.archive()
+    finally:
+        service.close()

@@ -1,17 +1,15 @@
 """The daily ASCII files: the line format, the live writer on a real RunEngine, the export."""
 
-import contextlib
 import datetime as dt
 import math
 import signal
 import subprocess
 import sys
-import threading
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import run_service, sim_config, wait_for
 
 from catalog.ascii import (
     AsciiDayWriter,
@@ -23,10 +21,7 @@ from catalog.ascii import (
     parse_value,
     read_day_file,
 )
-from plans.clock import Clock
 from warden.cli import main
-from warden.config import WardenConfig
-from warden.service import WardenService
 
 ZONE = ZoneInfo("America/New_York")
 SAMPLE = "yi2-wcm3,Tue Nov  6 23:52:07 2001,wcmBeam,16.4228"
@@ -202,35 +197,12 @@ def test_a_torn_tail_is_cut_when_the_file_is_opened_again(tmp_path):
 # -- the real service: a RunEngine across midnight, the archive, the export ----------------------
 API_KEY = "asciikey1"
 
-def ascii_config(tmp_path) -> WardenConfig:
-    return WardenConfig.model_validate({
-        "archive": f"sqlite:///{tmp_path / 'archive.db'}",
-        "timezone": ZONE.key,
-        "ascii": {"directory": str(tmp_path / "ascii"), "prefix": "rhicdata"},
-        "objects": [
-            {"name": "yi2-wcm3", "type": "WcmControl", "source": "sim", "mode": "monitor"},
-            {"name": "ring-yellow", "type": "ringSpec", "source": "sim", "period": 1,
-             "offset": 0.2},
-        ],
-    })
+def ascii_config(tmp_path):
+    return sim_config(tmp_path, ascii={"directory": str(tmp_path / "ascii"), "prefix": "rhicdata"})
 
 
-@contextlib.contextmanager
 def run_with_ascii(config, start: dt.datetime, seconds: float):
-    """Run the service with ``ascii:`` configured (see test_service.run_service)."""
-    clock = Clock(ZONE)
-    service = WardenService(config, clock=clock, port=0, api_key=API_KEY)
-    service.sim.update_period = 0.25
-    service.start()
-    clock.set(start)
-    threading.Timer(seconds, service.stop).start()
-    try:
-        service.run()
-        service.writer.join()
-        assert service.writer.errors == 0 and service.ascii.errors == 0
-        yield service.archive()
-    finally:
-        service.close()
+    return run_service(config, start, seconds, api_key=API_KEY)
 
 
 def test_live_files_across_midnight_and_a_restart_match_the_archive_and_the_export(

@@ -10,10 +10,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import API_KEY, caget, wait_for
+from conftest import API_KEY, caget, run_service, sim_config, wait_for
 
 from catalog.query import Archive, QueryError, UnknownObjectError
-from plans.clock import Clock
 from warden.config import WardenConfig
 from warden.service import WardenService
 from warden_devices.machine import N_BUCKETS
@@ -149,38 +148,6 @@ def test_cli_queries_the_server(warden_server, capsys):
 
 
 # -- in-process service on the sim source, with an injected clock ------------------------------
-def sim_config(tmp_path, **extra) -> WardenConfig:
-    return WardenConfig.model_validate({
-        "archive": f"sqlite:///{tmp_path / 'archive.db'}",
-        "timezone": ZONE.key,
-        "objects": [
-            {"name": "yi2-wcm3", "type": "WcmControl", "source": "sim", "mode": "monitor"},
-            {"name": "ring-yellow", "type": "ringSpec", "source": "sim", "period": 1,
-             "offset": 0.2},
-        ],
-        **extra,
-    })
-
-
-@contextlib.contextmanager
-def run_service(config, start: dt.datetime, seconds: float, rate: float = 1.0,
-                public: bool = False):
-    """Run the service for ``seconds`` from clock time ``start``; yield its served archive."""
-    clock = Clock(ZONE, rate=rate)
-    service = WardenService(config, clock=clock, port=0, public=public)
-    service.sim.update_period = 0.25
-    service.start()
-    clock.set(start)  # the clock starts now, after the server is up
-    threading.Timer(seconds, service.stop).start()
-    try:
-        service.run()
-        service.writer.join()
-        assert service.writer.errors == 0
-        yield service.archive()
-    finally:
-        service.close()
-
-
 def test_midnight_rollover_makes_two_runs_and_days_keep_their_rows(tmp_path):
     start = dt.datetime(2001, 11, 6, 23, 59, 57, tzinfo=ZONE)
     with run_service(sim_config(tmp_path), start, seconds=6) as archive:
