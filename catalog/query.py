@@ -111,7 +111,7 @@ class Archive:
             return list(self.root["latest"])
         names: set[str] = set()
         for run in self.catalog.values():
-            names.update(k for k in run if k != "connection")
+            names.update(k for k in run if k not in ("connection", "exchange"))
         return sorted(names)
 
     def latest(self, obj: str) -> dict[str, Any]:
@@ -122,8 +122,16 @@ class Archive:
     # -- history -----------------------------------------------------------------------------
     def days(self) -> list[str]:
         """Archive days that hold at least one run, oldest first."""
-        found = self.catalog.distinct("start.day")["metadata"]["start.day"]
-        return sorted(entry["value"] for entry in found)
+        catalog = self.catalog
+        if getattr(catalog, "is_sql", False):
+            found = catalog.distinct("start.day")["metadata"].get("start.day", [])
+            return sorted(entry["value"] for entry in found)
+        # databroker's MongoAdapter groups the run starts by the key as given and answers
+        # under "start.<key>"; should that ever change, look at every run.
+        found = catalog.distinct("day")["metadata"].get("start.day")
+        if found is not None:
+            return sorted(entry["value"] for entry in found)
+        return sorted({run.metadata["start"]["day"] for run in catalog.values()})
 
     def day(self, obj: str, day: str | dt.date) -> pd.DataFrame:
         """Every reading of ``obj`` on archive ``day``, from all of that day's runs."""
@@ -153,8 +161,10 @@ class Archive:
         frames = []
         for run in self._runs([parse_day(day).isoformat()]):
             if "connection" in run:
-                t = run["connection"].base["internal"].read()
-                frames.append(t[t["object"] == obj])
+                _, data, stamps = self._columns(run["connection"])
+                if "object" in data:
+                    t = pd.DataFrame({**data, "ts_connected": stamps["connected"]})
+                    frames.append(t[t["object"] == obj])
         if not frames:
             return pd.DataFrame({"time": [], "connected": []})
         t = pd.concat(frames, ignore_index=True)
@@ -162,6 +172,66 @@ class Archive:
             {"time": self._times(t["ts_connected"]), "connected": t["connected"].astype(bool)}
         )
         return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+    # -- raw rows (the ASCII day files are made from these) -----------------------------------
+    def streams(self, day: str | dt.date) -> list[str]:
+        """Names of the object streams recorded on ``day``: in the order of the runs' start
+        ``objects``, then any other stream; never ``connection`` or ``exchange``."""
+        names: dict[str, None] = {}
+        for run in self._runs([parse_day(day).isoformat()]):
+            keys = list(run)
+            names.update((k, None) for k in run.metadata["start"].get("objects", []) if k in keys)
+            names.update((k, None) for k in keys)
+        return [k for k in names if k not in ("connection", "exchange")]
+
+    def raw_day(self, obj: str, day: str | dt.date) -> pd.DataFrame:
+        """The rows of ``obj``'s stream on ``day`` as they were written, from all its runs.
+
+        Columns: ``run`` (start uid) and ``run_time`` (start time) of the row's run,
+        ``seq_num``, ``time`` (the RunEngine's event time: one per event page), one column per
+        attribute (arrays as numpy arrays) and ``ts_<attribute>`` (upstream UNIX seconds).
+        Runs come in start order, and rows as written. ``attrs["data_keys"]`` maps each run's
+        uid to the stream's data keys, in the order of the stream's table columns. Unlike
+        :meth:`day`, any archived stream may be asked for, and an absent one is an empty frame.
+        """
+        if not isinstance(obj, str):
+            raise UnknownObjectError(f"unknown object {obj!r}")
+        frames, data_keys = [], {}
+        for run in self._runs([parse_day(day).isoformat()]):
+            if obj not in run:
+                continue
+            start = run.metadata["start"]
+            df, keys = self._raw_stream(run[obj])
+            data_keys[start["uid"]] = keys
+            df.insert(0, "run_time", start["time"])
+            df.insert(0, "run", start["uid"])
+            frames.append(df)
+        if len({tuple(f.columns) for f in frames}) > 1:  # runs differ: keep values as written
+            frames = [f.astype(object) for f in frames]
+        empty = pd.DataFrame({c: [] for c in ("run", "run_time", "seq_num", "time")})
+        df = pd.concat(frames, ignore_index=True) if frames else empty
+        df.attrs["data_keys"] = data_keys
+        return df
+
+    def _raw_stream(self, stream) -> tuple[pd.DataFrame, dict[str, dict]]:
+        if not hasattr(stream, "base"):
+            raise QueryError("raw rows are read from the SQL archive only (not MongoDB yet)")
+        node = stream.base
+        described = _plain(stream.metadata["data_keys"])
+        if "internal" not in node:  # described, no row written yet
+            return pd.DataFrame({"seq_num": [], "time": []}), {}
+        table = node["internal"].read()
+        position = {c: i for i, c in enumerate(table.columns)}
+        keys = [k for k in described if f"ts_{k}" in position]
+        keys.sort(key=lambda k: position[f"ts_{k}"])
+        columns: dict[str, Any] = {"seq_num": table["seq_num"], "time": table["time"]}
+        for key in keys:
+            if key in position:
+                columns[key] = table[key]
+            else:  # an array node, sliced: a full read races concurrent appends
+                columns[key] = list(np.asarray(node[key][: len(table)]))
+        columns.update({f"ts_{k}": table[f"ts_{k}"] for k in keys})
+        return pd.DataFrame(columns), {k: described[k] for k in keys}
 
     # -- helpers -----------------------------------------------------------------------------
     def _check(self, obj: str) -> None:
@@ -182,17 +252,69 @@ class Archive:
         return df.sort_values("time", kind="stable").reset_index(drop=True)
 
     def _read_stream(self, stream) -> pd.DataFrame:
+        keys, columns, stamps = self._columns(stream)
+        if not keys:
+            return pd.DataFrame({"time": []})
+        ts = pd.DataFrame(stamps)[keys].max(axis=1)
+        return pd.DataFrame({"time": self._times(ts), **columns})
+
+    def _columns(self, stream) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+        """A stream's attributes in written order, their columns (an array attribute as a
+        list of row arrays) and their upstream timestamps, all of one length."""
+        if hasattr(stream, "base"):  # SQL: BlueskyEventStream (v3) on a composite node
+            return self._sql_columns(stream)
+        return self._mongo_columns(stream)  # MongoDB: BlueskyEventStreamV2Mongo
+
+    def _sql_columns(self, stream):
         node = stream.base
-        table = node["internal"].read()
-        keys = [k for k in stream.metadata["data_keys"]]
+        try:
+            table = node["internal"].read()
+        except KeyError:  # described, no row written yet
+            return [], {}, {}
+        # the order of the table's columns, as written (PostgreSQL's JSON keeps no key order)
+        position = {c: i for i, c in enumerate(table.columns)}
+        keys = [k for k in stream.metadata["data_keys"] if f"ts_{k}" in position]
+        keys.sort(key=lambda k: position[f"ts_{k}"])
         columns: dict[str, Any] = {}
         for key in keys:
-            if key in table.columns:
-                columns[key] = table[key]
+            if key in position:
+                columns[key] = table[key].reset_index(drop=True)
             else:  # an array in a node of its own, written before the table rows
                 columns[key] = list(np.asarray(node[key][: len(table)]))
-        ts = table[[f"ts_{k}" for k in keys]].max(axis=1)
-        return pd.DataFrame({"time": self._times(ts), **columns})
+        stamps = {k: table[f"ts_{k}"].reset_index(drop=True) for k in keys}
+        return keys, columns, stamps
+
+    def _mongo_columns(self, stream):
+        data_keys = stream.metadata["descriptors"][0]["data_keys"]
+        keys = list(data_keys)
+        data_node = stream["data"]
+        if data_node["time"].shape[0] == 0:  # described, no event yet (databroker can't read)
+            return keys, {k: [] for k in keys}, {k: [] for k in keys}
+        data = data_node.read()
+        # Timestamps of array attributes one by one: databroker describes them with the
+        # data's dimensions, so the whole timestamps dataset does not read as xarray.
+        ts_node = stream["timestamps"]
+        scalars = [k for k in keys if not data_keys[k].get("shape")]
+        stamps: dict[str, Any] = {}
+        if scalars:
+            read = ts_node.read(variables=scalars)
+            stamps.update({k: np.asarray(read[k].values, dtype=float) for k in scalars})
+        for key in keys:
+            if key not in stamps:
+                stamps[key] = np.asarray(ts_node[key].read(), dtype=float)
+        # data and timestamps are two requests: a run being written may have grown between
+        n = min([data.sizes.get("time", 0), *(len(v) for v in stamps.values())])
+        columns: dict[str, Any] = {}
+        for key in keys:
+            values = data[key].values[:n]
+            if values.ndim > 1:
+                columns[key] = list(values)
+            elif values.dtype.kind in "OUS":  # strings as the SQL tables give them
+                columns[key] = pd.Series(values, dtype=pd.StringDtype())
+            else:
+                columns[key] = pd.Series(values)
+        stamps = {k: pd.Series(v[:n]) for k, v in stamps.items()}
+        return keys, columns, stamps
 
     def _times(self, seconds: pd.Series) -> pd.Series:
         return (

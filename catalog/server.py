@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -47,20 +48,49 @@ def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None
         return catalog_from_uri(
             f"sqlite:///{path}",
             writable_storage=[data_dir, tables],
-            init_if_not_exists=init,
+            init_if_not_exists=init and not catalog_initialized(archive_uri),
             specs=specs,
         )
-    if scheme in ("postgresql", "postgres"):
+    if scheme == "postgresql":
         tables = "postgresql://" + archive_uri.split("://", 1)[1]  # ADBC takes no +driver
         data_dir = Path(data_dir or postgres_data_dir(archive_uri)).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         return catalog_from_uri(
             archive_uri,
             writable_storage=[data_dir, tables],
-            init_if_not_exists=init,
+            init_if_not_exists=init and not catalog_initialized(archive_uri),
             specs=specs,
         )
     raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
+
+
+def catalog_initialized(archive_uri: str) -> bool:
+    """Whether the SQL catalog already has its schema (Tiled creates it in a subprocess, which
+    takes seconds: a restart skips that)."""
+    query = "SELECT count(*) FROM alembic_version"
+    scheme = archive_uri.split("://", 1)[0].split("+", 1)[0]
+    try:
+        if scheme == "sqlite":
+            path = Path(archive_uri.split("://", 1)[1][1:]).resolve()
+            if not path.exists():
+                return False
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return db.execute(query).fetchone()[0] > 0
+        import asyncio
+
+        import asyncpg
+
+        async def count() -> int:
+            dsn = "postgresql://" + archive_uri.split("://", 1)[1]
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                return await conn.fetchval(query)
+            finally:
+                await conn.close()
+
+        return asyncio.run(count()) > 0
+    except Exception:  # noqa: BLE001 - no table, no file, no server: let Tiled say why
+        return False
 
 
 def postgres_data_dir(archive_uri: str) -> Path:

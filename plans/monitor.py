@@ -17,6 +17,7 @@ from .clock import Clock
 from .exchange import Exchange, ExchangeLog, exchange_once
 
 log = logging.getLogger(__name__)
+STOP_CHECK = 0.5  # real seconds between two looks at the stop request
 
 
 @dataclass
@@ -110,6 +111,7 @@ def monitor_day(
         declared: set[str] = set()
         for buf in buffers:
             connections.record(buf.name, buf.connected, force=True)
+        next_flush = clock.time() + flush_interval
         while not stop.is_set():
             now = clock.time()
             if now >= midnight:
@@ -122,8 +124,11 @@ def monitor_day(
                 if now >= ex.next_due:
                     yield from exchange_once(ex, exchange_log)
                     ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
-            yield from flush(collectables, declared)
-            wake = min([now + flush_interval, midnight, *(g.next_due for g in groups)])
+            if now >= next_flush:
+                yield from flush(collectables, declared)
+                next_flush = now + flush_interval
+            due = [g.next_due for g in groups] + [ex.next_due for ex in exchanges]
+            wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
             yield from bps.sleep(clock.real_seconds(wake - clock.time()))
         closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
         for buf in buffers:

@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionError as err:
         print(f"warden {args.command}: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # e.g. migrate onto the same archive, an unknown scheme
+        print(f"warden {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -124,6 +127,24 @@ def cmd_export_ascii(args) -> int:
         out = Path(args.output or day_file_name(args.prefix, args.date))
         out.write_text(text, encoding="utf-8")
         print(f"{out}: {text.count(chr(10))} lines")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from catalog.plot import render_day_png
+
+    path = render_day_png(_archive(args), args.object, args.date, args.attrs or None,
+                          args.output, args.width, args.height)
+    print(f"{path}: {args.width}x{args.height} PNG of {args.object} on {args.date}")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from catalog.migrate import migrate
+
+    summary = migrate(args.src, args.dst, day=args.day, src_data_dir=args.src_data_dir,
+                      dst_data_dir=args.dst_data_dir, progress=lambda line: print(line, flush=True))
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -282,6 +303,24 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between simulated beam updates (default 2)",
     )
     c.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("migrate", help="copy archived runs from one archive to another")
+    c.add_argument("src", metavar="SRC_URI")
+    c.add_argument("dst", metavar="DST_URI")
+    c.add_argument("--day", default=None, help="YYYY-MM-DD (default: every day)")
+    c.add_argument("--src-data-dir", default=None, help="arrays folder of a postgresql source")
+    c.add_argument("--dst-data-dir", default=None, help="arrays folder of a postgresql target")
+    c.set_defaults(func=cmd_migrate)
+
+    c = sub.add_parser("plot", help="render a day's time series to a PNG")
+    c.add_argument("object")
+    c.add_argument("date", help="YYYY-MM-DD")
+    c.add_argument("attrs", nargs="*", help="attributes (default: every scalar attribute)")
+    c.add_argument("-o", "--output", required=True, help="the PNG file to write")
+    c.add_argument("--width", type=int, default=1200, help="pixels (default 1200)")
+    c.add_argument("--height", type=int, default=700, help="pixels (default 700)")
+    c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
+    c.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("export-ascii", help="regenerate a day's RHIC-style ASCII file")
     c.add_argument("date", help="YYYY-MM-DD")

@@ -17,10 +17,11 @@ from bluesky import RunEngine
 from tiled.client import from_uri as tiled_from_uri
 
 from catalog.ascii import AsciiDayWriter
+from catalog.backends import Backend, open_backend
 from catalog.latest import LatestStore
 from catalog.query import Archive
-from catalog.server import TiledServer, sql_catalog, warden_app
-from catalog.writer import QueuedWriter, TiledRunSink
+from catalog.server import TiledServer, warden_app
+from catalog.writer import QueuedWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
@@ -59,6 +60,8 @@ class WardenService:
         Let clients read without a key.
     port
         Override ``serve.port`` (0 picks a free port).
+    backend
+        An archive already open (tests share one); default: open ``config.archive``.
     """
 
     def __init__(
@@ -68,8 +71,11 @@ class WardenService:
         api_key: str | None = None,
         public: bool = False,
         port: int | None = None,
+        backend: Backend | None = None,
     ):
         self.config = config
+        self.backend = backend  # opened from config.archive at start() unless given
+        self._own_backend = backend is None
         self.clock = clock or Clock(config.zone)
         self.api_key = api_key or api_key_from_env()
         self.public = public
@@ -112,15 +118,16 @@ class WardenService:
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> str:
         """Open the archive and start serving it; return the server's base URL."""
-        catalog = sql_catalog(self.config.archive)
+        if self.backend is None:
+            self.backend = open_backend(self.config.archive)
         control = control_router(self.runner, self.api_key, self.public)
-        app = warden_app(catalog, self.latest, self.config.zone.key, self.api_key, self.public,
-                         routers=[control])
+        app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
+                         self.public, routers=[control])
         log_dir = _log_dir(self.config.archive)
         self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
         self.url = self.server.start()
-        client = tiled_from_uri(self.url, api_key=self.api_key)
-        self.writer = QueuedWriter(TiledRunSink(client["archive"]), on_written=self.latest.archived)
+        self.writer = QueuedWriter(self.backend.sink(self.url, self.api_key),
+                                   on_written=self.latest.archived)
         return self.url
 
     def run(self) -> None:
@@ -159,6 +166,8 @@ class WardenService:
             self.ascii.close()
         if self.server is not None:
             self.server.stop()
+        if self.backend is not None and self._own_backend:
+            self.backend.close()
         if self.sim is not None:
             self.sim.stop()
         for dev in self.devices:

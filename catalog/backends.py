@@ -1,0 +1,277 @@
+"""Archive backends: what the ``archive`` URI of the config opens.
+
+=====================================  =========================================================
+``sqlite:///dir/archive.db``           Tiled SQL catalog on SQLite: run metadata in the file,
+                                       tables in ``archive.tables.db``, arrays as zarr in
+                                       ``archive.data/``
+``postgresql://user@host:port/db``     Tiled SQL catalog *and* its tables in PostgreSQL; arrays
+                                       as zarr under ``data_dir`` (a directory every server sees)
+``mongodb://host:port/db``             databroker's normalized MongoDB layout (one document per
+                                       run start, descriptor, event, stop), written by
+                                       suitcase-mongo and served by databroker's ``MongoAdapter``
+``mongomock://name/db``                the same layout in memory (tests, demos): every backend
+                                       opened on one URI in one process shares the data
+=====================================  =========================================================
+
+Every backend has the same two faces, so the service never asks which one it has:
+
+>>> backend = open_backend("postgresql://postgres@127.0.0.1:5432/warden")
+>>> app = warden_app(backend.tree, ...)           # serve backend.tree at /archive
+>>> write = backend.sink(server_url, api_key)     # (name, doc) -> None, put behind QueuedWriter
+
+Readers never see the difference either: :class:`catalog.query.Archive` answers the same
+frames over Tiled whatever is behind ``/archive``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+
+Sink = Callable[[str, dict], None]
+
+SQL_SCHEMES = ("sqlite", "postgresql")
+MONGO_SCHEMES = ("mongodb", "mongomock")  # mongodb+srv counts as mongodb
+# A run still being written is re-read from MongoDB after this long (databroker's default
+# is 2 s): about one flush interval, so what was written is soon queryable.
+MONGO_PARTIAL_RUN_TTL = 0.5
+
+
+class ArchiveUnavailable(ConnectionError):
+    """The archive named by the URI cannot be opened (server down, no such database, ...)."""
+
+
+class Backend(Protocol):
+    """One archive: the Tiled adapter to serve at ``/archive`` and a way to write into it."""
+
+    kind: str  # "sqlite" | "postgresql" | "mongodb"
+    uri: str
+    tree: Any  # the adapter served at /archive (may carry startup_tasks / shutdown_tasks)
+    data_dir: Path | None  # where the backend keeps files on this machine (logs may go here)
+
+    def sink(self, url: str, api_key: str) -> Sink:
+        """The ``(name, doc)`` callable that writes documents (put it behind QueuedWriter).
+
+        ``url`` and ``api_key`` are those of the Tiled server that serves :attr:`tree`;
+        a backend that writes to its database directly ignores them.
+        """
+
+    def describe(self) -> str:
+        """One line for people: which database, where (no password)."""
+
+    def close(self) -> None:
+        """Release connections (after the server and the writer have stopped)."""
+
+
+def scheme_of(uri: str) -> str:
+    """The URI's scheme without a ``+driver`` (``postgresql+asyncpg`` -> ``postgresql``)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    return "mongodb" if scheme == "mongodb+srv" else scheme.split("+", 1)[0]
+
+
+def open_backend(uri: str, data_dir: str | Path | None = None, init: bool = True) -> Backend:
+    """Open the archive named by ``uri`` (creating its schema when ``init``).
+
+    ``data_dir`` is where a PostgreSQL archive keeps its large arrays (default
+    ``./warden-data/<db>.data``); the other backends ignore it.
+    Raise :class:`ArchiveUnavailable` when the database cannot be reached, ``ValueError`` for
+    a URI that names no backend.
+    """
+    scheme = scheme_of(uri)
+    if scheme in SQL_SCHEMES:
+        return SQLBackend(uri, data_dir=data_dir, init=init)
+    if scheme in MONGO_SCHEMES:
+        return MongoBackend(uri, init=init)
+    known = ", ".join(f"{s}://" for s in ("sqlite", "postgresql", "mongodb", "mongomock"))
+    raise ValueError(f"unknown archive URI scheme {scheme!r} (known: {known})")
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced by ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+# -- Tiled SQL catalog: SQLite, PostgreSQL ------------------------------------------------------
+@dataclass
+class SQLBackend:
+    """A Tiled SQL catalog (``CatalogOfBlueskyRuns`` 3.0), written through Tiled's HTTP API."""
+
+    uri: str
+    data_dir: Path | None = None
+    init: bool = True
+    kind: str = field(init=False)
+    tree: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from .server import postgres_data_dir, sql_catalog
+
+        self.kind = "sqlite" if scheme_of(self.uri) == "sqlite" else "postgresql"
+        if self.kind == "sqlite":
+            path = Path(self.uri.split("://", 1)[1][1:]).resolve()
+            if not self.init and not path.exists():
+                raise ArchiveUnavailable(f"cannot open the archive {self.uri}: no such file")
+            self.data_dir = path.parent
+        else:
+            self.data_dir = Path(self.data_dir or postgres_data_dir(self.uri)).resolve()
+            _check_postgres(self.uri)
+        self.tree = sql_catalog(self.uri, init=self.init, data_dir=self.data_dir)
+
+    def sink(self, url: str, api_key: str) -> Sink:
+        from tiled.client import from_uri
+
+        from .writer import TiledRunSink
+
+        return TiledRunSink(from_uri(url, api_key=api_key)["archive"])
+
+    def describe(self) -> str:
+        if self.kind == "sqlite":
+            return f"{self.uri.split('://', 1)[1][1:]} (SQLite)"
+        return f"{redact(self.uri)} (PostgreSQL; arrays in {self.data_dir})"
+
+    def close(self) -> None:
+        pass  # the catalog's engines are disposed by the server's shutdown tasks
+
+
+def _check_postgres(uri: str) -> None:
+    """Fail early, and clearly, when the server or the database is not there."""
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def ping() -> None:
+        conn = await asyncpg.connect("postgresql://" + uri.split("://", 1)[1], timeout=10)
+        await conn.close()
+
+    try:  # on a thread of its own: the caller may be running an event loop (Jupyter)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, ping()).result()
+    except (TimeoutError, OSError, asyncpg.PostgresError) as err:
+        raise ArchiveUnavailable(f"cannot open the archive {redact(uri)}: {err}") from None
+
+
+# -- MongoDB, databroker's normalized layout ----------------------------------------------------
+_MOCK_CLIENTS: dict[str, Any] = {}
+_MOCK_LOCK = threading.Lock()
+
+
+def mongo_database(uri: str):
+    """The pymongo (or, for ``mongomock://``, the process-wide mongomock) database of ``uri``."""
+    parts = urlsplit(uri)
+    name = parts.path.strip("/")
+    if not name:
+        raise ValueError(f"archive URI {redact(uri)!r} names no database (mongodb://host/DB)")
+    if scheme_of(uri) == "mongomock":
+        import mongomock
+
+        with _MOCK_LOCK:
+            client = _MOCK_CLIENTS.setdefault(parts.netloc, mongomock.MongoClient())
+        return client[name]
+    import pymongo
+    import pymongo.errors
+
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=False)
+    try:
+        client.admin.command("ping")
+    except pymongo.errors.PyMongoError as err:
+        client.close()
+        raise ArchiveUnavailable(f"cannot open the archive {redact(uri)}: {err}") from None
+    return client.get_database(name)
+
+
+def drop_mock(uri: str) -> None:
+    """Forget a ``mongomock://`` server (tests)."""
+    with _MOCK_LOCK:
+        _MOCK_CLIENTS.pop(urlsplit(uri).netloc, None)
+
+
+@dataclass
+class MongoBackend:
+    """databroker's normalized MongoDB layout: served by ``MongoAdapter``, written by
+    suitcase-mongo's ``Serializer`` straight into the database (one ``insert_many`` of events
+    per event page), both on one client."""
+
+    uri: str
+    init: bool = True
+    kind: str = field(default="mongodb", init=False)
+    data_dir: Path | None = field(default=None, init=False)
+    tree: Any = field(init=False, repr=False)
+    database: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import cachetools
+        from databroker.mongo_normalized import MongoAdapter
+
+        self.database = mongo_database(self.uri)
+        # databroker's indexes (unique uids, run start time, text search); mongomock checks a
+        # unique index by scanning the collection, so in memory there are none
+        if self.init and scheme_of(self.uri) != "mongomock":
+            self.serializer().create_indexes()
+        self.tree = MongoAdapter(
+            metadatastore_db=self.database,
+            asset_registry_db=self.database,
+            handler_registry={},  # the warden writes no external (file-backed) data
+            root_map={},
+            transforms=None,
+            cache_of_complete_bluesky_runs=cachetools.TTLCache(ttl=60, maxsize=100),
+            cache_of_partial_bluesky_runs=cachetools.TTLCache(
+                ttl=MONGO_PARTIAL_RUN_TTL, maxsize=100
+            ),
+            validate_shape=validate_shape,
+        )
+
+    def serializer(self):
+        from suitcase.mongo_normalized import Serializer
+
+        return Serializer(self.database, self.database)
+
+    def sink(self, url: str = "", api_key: str = "") -> Sink:
+        return self.serializer()
+
+    def describe(self) -> str:
+        if scheme_of(self.uri) == "mongomock":
+            return f"{self.uri} (mongomock, in memory)"
+        return f"{redact(self.uri)} (MongoDB)"
+
+    def has_run(self, uid: str) -> tuple[bool, bool]:
+        """(the run start is stored, its stop is stored)"""
+        start = self.database["run_start"].find_one({"uid": uid}, {"_id": 1}) is not None
+        stop = self.database["run_stop"].find_one({"run_start": uid}, {"_id": 1}) is not None
+        return start, stop
+
+    def delete_run(self, uid: str) -> None:
+        """Remove every document of one run (an incomplete copy, before copying it again)."""
+        db = self.database
+        descriptors = [d["uid"] for d in db["event_descriptor"].find({"run_start": uid})]
+        db["event"].delete_many({"descriptor": {"$in": descriptors}})
+        db["event_descriptor"].delete_many({"run_start": uid})
+        db["run_stop"].delete_many({"run_start": uid})
+        db["run_start"].delete_many({"uid": uid})
+
+    def close(self) -> None:
+        if scheme_of(self.uri) != "mongomock":
+            self.database.client.close()
+
+
+def validate_shape(key: str, data: np.ndarray, expected_shape: tuple, uid=None) -> np.ndarray:
+    """databroker's shape check, except for timestamps of array data keys.
+
+    databroker 2.0 checks every column of an event stream against the data key's shape, also
+    the ``timestamps`` columns, whose values are scalars whatever the data's shape: reading
+    the timestamp of an array attribute would fail. A scalar is passed through unchanged.
+    """
+    from databroker.mongo_normalized import default_validate_shape
+
+    if data.ndim == 0 and len(expected_shape) > 0:
+        return data
+    return default_validate_shape(key, data, expected_shape, uid=uid)
