@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import threading
-from pathlib import Path
 
 from bluesky import RunEngine
 from tiled.client import from_uri as tiled_from_uri
@@ -123,7 +122,7 @@ class WardenService:
         control = control_router(self.runner, self.api_key, self.public)
         app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
                          self.public, routers=[control])
-        log_dir = _log_dir(self.config.archive)
+        log_dir = self.backend.data_dir  # server.log and access.log beside the archive
         self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
         self.url = self.server.start()
         self.writer = QueuedWriter(self.backend.sink(self.url, self.api_key),
@@ -213,10 +212,3 @@ def _publisher(device):
             getattr(device, attr).put(value, timestamp=t)
 
     return publish
-
-
-def _log_dir(archive_uri: str) -> Path | None:
-    if archive_uri.startswith("sqlite:///"):
-        path = Path(archive_uri.split("://", 1)[1][1:]).resolve()
-        return path.parent
-    return None
