@@ -42,6 +42,18 @@ EXAMPLE = ROOT / "examples" / "rhic.yaml"
 API_KEY = "testsecretkey1234"
 
 
+_PREFIXES = iter(range(1, 10_000))
+
+
+def fresh_prefix() -> str:
+    """A PV prefix never used before in this test session (``k1:``, ``k2:`` ...).
+
+    pyepics keeps every channel it ever made; a channel of a killed IOC waits out a search
+    back-off before it finds a new IOC, so each killable IOC gets names of its own.
+    """
+    return f"k{next(_PREFIXES)}:"
+
+
 class SimIOC:
     """``warden sim-ioc`` as a real subprocess, on loopback."""
 

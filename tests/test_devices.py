@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, KILL_PORT, SimIOC, caget, wait_for
+from conftest import EXAMPLE, KILL_PORT, SimIOC, caget, fresh_prefix, wait_for
 
 from warden.config import load_config
 from warden_devices.build import build_device, pv_names
@@ -84,8 +84,9 @@ def test_pyepics_caget_reads_the_sim_ioc(sim_ioc):
 
 
 def test_devices_report_disconnected_when_the_ioc_dies():
-    ioc = SimIOC(KILL_PORT, prefix="k:").start()
-    devs = devices_from(EXAMPLE, prefix="k:")[:3]
+    prefix = fresh_prefix()
+    ioc = SimIOC(KILL_PORT, prefix=prefix).start()
+    devs = devices_from(EXAMPLE, prefix=prefix)[:3]
     try:
         for dev in devs:
             dev.wait_for_connection(timeout=10)

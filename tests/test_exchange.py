@@ -8,13 +8,13 @@ import threading
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import KILL_PORT, SimIOC, caget, wait_for
+from conftest import KILL_PORT, SimIOC, caget, fresh_prefix, wait_for
 
 from warden.config import WardenConfig
 from warden.service import WardenService
 
 ZONE = ZoneInfo("America/New_York")
-LOCAL, TARGET = "k:phenix:magnet:status", "k:rhic:phenix:magnetStatus"
+LOCAL, TARGET = "phenix:magnet:status", "rhic:phenix:magnetStatus"
 
 
 def caput(pvname: str, value: str) -> None:
@@ -26,16 +26,18 @@ def caput(pvname: str, value: str) -> None:
 
 @pytest.fixture()
 def service(tmp_path):
-    ioc = SimIOC(KILL_PORT, prefix="k:").start()
+    k = fresh_prefix()
+    ioc = SimIOC(KILL_PORT, prefix=k).start()
     config = WardenConfig.model_validate({
         "archive": f"sqlite:///{tmp_path / 'archive.db'}",
         "timezone": ZONE.key,
-        "objects": [{"name": "yi2-wcm3", "type": "WcmControl", "prefix": "k:yi2-wcm3:",
+        "objects": [{"name": "yi2-wcm3", "type": "WcmControl", "prefix": f"{k}yi2-wcm3:",
                      "mode": "monitor"}],
-        "exchange": [{"source": LOCAL, "target": TARGET, "period": 1.0}],
+        "exchange": [{"source": f"{k}{LOCAL}", "target": f"{k}{TARGET}", "period": 1.0}],
     })
     svc = WardenService(config, port=0)
     svc.start()
+    svc.pv = lambda name: f"{k}{name}"  # this IOC's PV names
     runner = threading.Thread(target=svc.run)
     runner.start()
     yield svc
@@ -57,8 +59,9 @@ def exchange_rows(svc):
 
 def test_local_change_reaches_rhic_and_unchanged_values_are_not_rewritten(service):
     wait_for(lambda: exchange_rows(service) == [("ON", True)], timeout=15)
-    caput(LOCAL, "STANDBY")
-    wait_for(lambda: caget(TARGET)[0] == "STANDBY", timeout=5)  # within a period (+ a flush)
+    caput(service.pv(LOCAL), "STANDBY")
+    # within a period, plus a flush and the time caget takes to start
+    wait_for(lambda: caget(service.pv(TARGET))[0] == "STANDBY", timeout=5)
     rows_after = wait_for(lambda: (r := exchange_rows(service)) and r[-1] == ("STANDBY", True)
                           and r, timeout=5)
     n = service.latest.get("yi2-wcm3")["rows"]
@@ -68,13 +71,13 @@ def test_local_change_reaches_rhic_and_unchanged_values_are_not_rewritten(servic
 
 def test_rejected_put_is_recorded_and_monitoring_continues(service):
     wait_for(lambda: exchange_rows(service), timeout=15)
-    caput(LOCAL, "MELTED")  # the RHIC side accepts ON, OFF, STANDBY, RAMPING only
+    caput(service.pv(LOCAL), "MELTED")  # the RHIC side accepts ON, OFF, STANDBY, RAMPING only
     wait_for(lambda: sum(1 for v, ok in exchange_rows(service) if v == "MELTED" and not ok) >= 2,
              timeout=20)  # recorded, and retried at the next period
-    assert caget(TARGET)[0] == "ON"
+    assert caget(service.pv(TARGET))[0] == "ON"
     n = service.latest.get("yi2-wcm3")["rows"]
     wait_for(lambda: service.latest.get("yi2-wcm3")["rows"] > n, timeout=5)
-    caput(LOCAL, "OFF")
-    wait_for(lambda: caget(TARGET)[0] == "OFF", timeout=10)
+    caput(service.pv(LOCAL), "OFF")
+    wait_for(lambda: caget(service.pv(TARGET))[0] == "OFF", timeout=10)
     today = dt.datetime.now(ZONE).date().isoformat()
     assert len(service.archive().day("yi2-wcm3", today)) > 0

@@ -194,17 +194,20 @@ def check_restart(second: Archive, n_first: int) -> None:
 
 
 def test_disconnects_and_reconnects_are_recorded_with_their_times(tmp_path):
-    from conftest import KILL_PORT, SimIOC
+    from conftest import KILL_PORT, SimIOC, fresh_prefix
+
+    k = fresh_prefix()
 
     config = WardenConfig.model_validate({
         "archive": f"sqlite:///{tmp_path / 'archive.db'}",
         "timezone": ZONE.key,
         "objects": [
-            {"name": "yi2-wcm3", "type": "WcmControl", "prefix": "k:yi2-wcm3:", "mode": "monitor"},
-            {"name": "ring-blue", "type": "ringSpec", "prefix": "k:ring-blue:", "period": 1},
+            {"name": "yi2-wcm3", "type": "WcmControl", "prefix": f"{k}yi2-wcm3:",
+             "mode": "monitor"},
+            {"name": "ring-blue", "type": "ringSpec", "prefix": f"{k}ring-blue:", "period": 1},
         ],
     })
-    ioc = SimIOC(KILL_PORT, prefix="k:").start()
+    ioc = SimIOC(KILL_PORT, prefix=k).start()
     service = WardenService(config, port=0)
     service.start()
     runner = threading.Thread(target=service.run)
@@ -215,7 +218,7 @@ def test_disconnects_and_reconnects_are_recorded_with_their_times(tmp_path):
         def connected() -> bool:
             return all(service.latest.get(o)["connected"] for o in ("yi2-wcm3", "ring-blue"))
 
-        wait_for(connected, timeout=20)
+        wait_for(connected, timeout=60)
         wait_for(lambda: service.latest.get("ring-blue")["rows"] >= 1, timeout=10)
         ioc.kill()
         lost = wait_for(lambda: not archive.latest("yi2-wcm3")["connected"] and time.time(),
