@@ -1,0 +1,150 @@
+"""Day read: one object's full day (10 Hz, 864,000 rows, 5 attributes) through
+``catalog.query.Archive.day`` (Tiled Python client over HTTP), beside reading the same rows
+straight from the SQLite tables file (``sqlite3``, and ADBC into Arrow): the ceiling.
+
+The day is written fast, directly through :class:`catalog.writer.TiledRunSink`: a start
+document with ``day``, one descriptor, event pages of 10,000 rows, a stop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from .common import API_KEY, emit, note
+
+DAY = "2001-11-06"
+OBJECT = "yi2-wcm3"
+
+
+def _write_day(root, rows: int, m: int, page: int) -> float:
+    from event_model import compose_run
+
+    from catalog.writer import TiledRunSink
+
+    zone = ZoneInfo("UTC")
+    t0 = dt.datetime.fromisoformat(DAY).replace(tzinfo=zone).timestamp()
+    sink = TiledRunSink(root)
+    bundle = compose_run(time=t0, metadata={"plan_name": "monitor_day", "day": DAY,
+                                            "objects": [OBJECT], "timezone": "UTC"})
+    sink("start", bundle.start_doc)
+    keys = {f"a{k}": {"source": f"PV:{OBJECT}:a{k}", "dtype": "number", "shape": [],
+                      "dtype_numpy": "<f8"} for k in range(m)}
+    desc = bundle.compose_descriptor(name=OBJECT, data_keys=keys)
+    sink("descriptor", desc.descriptor_doc)
+    rng = np.random.default_rng(0)
+    step = 86_400 / rows
+    start = time.perf_counter()
+    for first in range(0, rows, page):
+        k = min(page, rows - first)
+        ts = (t0 + step * np.arange(first, first + k)).tolist()
+        data = {a: rng.normal(16.0, 0.1, k).tolist() for a in keys}
+        doc = desc.compose_event_page(data=data, timestamps={a: ts for a in keys},
+                                      seq_num=list(range(first + 1, first + k + 1)),
+                                      time=ts, validate=False)
+        sink("event_page", doc)
+    sink("stop", bundle.compose_stop())
+    return time.perf_counter() - start
+
+
+def _sqlite_read(tables_db: Path, m: int) -> tuple[float, int]:
+    cols = ", ".join(["seq_num", "time", *(f"a{k}" for k in range(m)),
+                      *(f"ts_a{k}" for k in range(m))])
+    t0 = time.perf_counter()
+    import pandas as pd
+
+    con = sqlite3.connect(tables_db)
+    table = _table_of(con)
+    ds = con.execute(f'SELECT DISTINCT _dataset_id FROM "{table}"').fetchone()[0]
+    cur = con.execute(f'SELECT {cols} FROM "{table}" WHERE _dataset_id=? '
+                      "ORDER BY _partition_id, rowid", (ds,))
+    df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+    con.close()
+    return time.perf_counter() - t0, len(df)
+
+
+def _adbc_read(tables_db: Path, m: int) -> tuple[float, int] | None:
+    try:
+        from adbc_driver_sqlite import dbapi
+    except ImportError:
+        return None
+    cols = ", ".join(["seq_num", "time", *(f"a{k}" for k in range(m)),
+                      *(f"ts_a{k}" for k in range(m))])
+    with sqlite3.connect(tables_db) as con:
+        table = _table_of(con)
+    t0 = time.perf_counter()
+    with dbapi.connect(str(tables_db)) as con, con.cursor() as cur:
+        cur.execute(f'SELECT {cols} FROM "{table}" WHERE _dataset_id=1')
+        df = cur.fetch_arrow_table().to_pandas()
+    return time.perf_counter() - t0, len(df)
+
+
+def _table_of(con) -> str:
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+        cols = {r[1] for r in con.execute(f'PRAGMA table_info("{name}")')}
+        if "ts_a0" in cols:
+            return name
+    raise RuntimeError("no table of the day found")
+
+
+def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
+    from tiled.client import from_uri
+
+    from catalog.latest import LatestStore
+    from catalog.query import Archive
+    from catalog.server import TiledServer, sql_catalog, warden_app
+
+    rows = rows or (43_200 if quick else 864_000)
+    repeats = 3
+    with tempfile.TemporaryDirectory(prefix="bench-day-") as tmp:
+        tmp = Path(tmp)
+        catalog = sql_catalog(f"sqlite:///{tmp / 'archive.db'}")
+        app = warden_app(catalog, LatestStore([OBJECT]), "UTC", API_KEY)
+        server = TiledServer(app)
+        url = server.start()
+        note(f"day: writing {rows:,} rows x {m} attributes through TiledRunSink")
+        write_s = _write_day(from_uri(url, api_key=API_KEY)["archive"], rows, m, 10_000)
+        archive = Archive.from_uri(url, api_key=API_KEY, zone=ZoneInfo("UTC"))
+        tiled_s, sqlite_s, adbc_s, n_rows = [], [], [], []
+        for _ in range(repeats):  # interleaved, side by side
+            t0 = time.perf_counter()
+            df = archive.day(OBJECT, DAY)
+            tiled_s.append(time.perf_counter() - t0)
+            n_rows.append(len(df))
+            s, n_sql = _sqlite_read(tmp / "archive.tables.db", m)
+            sqlite_s.append(s)
+            a = _adbc_read(tmp / "archive.tables.db", m)
+            if a:
+                adbc_s.append(a[0])
+        fresh_client_s = _fresh_client_day(url)
+        server.stop()
+    day_s = statistics.median(tiled_s)
+    ceiling = min(statistics.median(sqlite_s), statistics.median(adbc_s) if adbc_s else 1e9)
+    return [emit(
+        "day_read", quick=quick, rows=rows, attributes=m, rows_read=n_rows[-1],
+        rows_sqlite=n_sql, write_s=round(write_s, 2),
+        write_rows_per_s=round(rows / write_s, 0),
+        archive_day_s={"median": round(day_s, 3), "all": [round(x, 3) for x in tiled_s]},
+        archive_day_fresh_client_s=round(fresh_client_s, 3),
+        sqlite3_s={"median": round(statistics.median(sqlite_s), 3)},
+        adbc_arrow_s={"median": round(statistics.median(adbc_s), 3)} if adbc_s else None,
+        ratios={"archive_day_vs_storage_ceiling": round(day_s / ceiling, 2)},
+        targets={"day_read_le_1s": day_s <= 1.0 and n_rows[-1] == rows,
+                 "applies": rows >= 864_000},
+    )]
+
+
+def _fresh_client_day(url: str) -> float:
+    """``Archive.from_uri`` + ``day``: what a new user session pays (connection, metadata)."""
+    from catalog.query import Archive
+
+    t0 = time.perf_counter()
+    Archive.from_uri(url, api_key=API_KEY, zone=ZoneInfo("UTC")).day(OBJECT, DAY)
+    return time.perf_counter() - t0

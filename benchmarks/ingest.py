@@ -1,0 +1,654 @@
+"""Ingest: N objects x M scalar attributes updated at R Hz, through three pipelines.
+
+* **warden**: the real :class:`~warden.service.WardenService` (monitoring plan, buffers,
+  queued writer, Tiled server on SQLite) with ``generic`` sim objects, driven by our own thread
+  calling ``sim_put`` instead of its :class:`SimUpstream`. Its ``latest`` store is replaced by an
+  instrumented subclass that times every page it sees (freshness: update -> ``latest``) and every
+  page the writer reports written (persistence lag: update -> archive).
+* **naive**: what a user writes first: ``bps.monitor`` of every signal in one run, into
+  ``TiledWriter(client, batch_size=1)`` against a Tiled server on SQLite.
+* **ceiling**: the same devices and driver, subscriptions that only count.
+
+Every value's upstream timestamp is the wall time of its ``sim_put``; "offered" counts puts,
+"archived" counts distinct ``(stream, attribute, timestamp)`` found in the SQLite tables at the
+end, so a value written twice counts once and ``lost = offered - archived`` is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    API_KEY,
+    LatencyHistogram,
+    ProcessStats,
+    count_all_rows,
+    count_archived,
+    disk_bytes,
+    emit,
+    note,
+    sqlite_files,
+)
+
+M_DEFAULT = 5
+OFFERED_DEFAULT = 22_000.0  # values/s offered at every N (target: >= 20,000 at N = 1,000)
+OFFERED_QUICK = 5_000.0  # --quick: a load the service drains in seconds
+# full set, seconds per N: (warden window, naive window, longest wait for the writer to drain),
+# cut to fit about 40 minutes on 2 cores (the brief asks >= 300 s per N)
+FULL_SECONDS = {100: (180.0, 60.0, 180.0), 1_000: (300.0, 120.0, 180.0),
+                10_000: (120.0, 60.0, 60.0)}
+
+
+def attributes(m: int) -> list[str]:
+    return [f"a{k}" for k in range(m)]
+
+
+def object_names(n: int) -> list[str]:
+    return [f"o{i:05d}" for i in range(n)]
+
+
+def generic_devices(n: int, m: int) -> list:
+    """``n`` fake-EPICS ``generic`` devices of ``m`` attributes, as ``source: sim`` builds."""
+    from warden_devices.build import build_device
+
+    attrs = {a: a for a in attributes(m)}
+    return [build_device(name, "generic", f"{name}:", "sim", attrs) for name in object_names(n)]
+
+
+class Driver(threading.Thread):
+    """Put a new value on every attribute of every device, ``rate`` rounds per second.
+
+    One upstream timestamp per object per round (its attributes share it, as an IOC record
+    group would). Without ``rate`` it runs flat out. Stops after ``duration`` seconds or
+    ``max_values`` puts, at an object boundary, or when :meth:`halt` is called.
+    """
+
+    def __init__(self, devices, m: int, rate: float | None, duration: float,
+                 max_values: int | None = None):
+        super().__init__(name="driver", daemon=True)
+        self.groups = [[getattr(d, a) for a in attributes(m)] for d in devices]
+        self.m = m
+        self.rate = rate
+        self.duration = duration
+        self.max_values = max_values or math.inf
+        self.offered = 0
+        self.rounds = 0
+        self.late_rounds = 0
+        self.t_start = self.t_end = 0.0
+        self.cpu_s = 0.0
+        self._halt = threading.Event()
+
+    def halt(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        self.t_start = t0 = time.time()
+        deadline = t0 + self.duration
+        r = 0
+        while not self._halt.is_set():
+            value = float(r)
+            for sigs in self.groups:
+                if self._halt.is_set():
+                    break
+                t = time.time()
+                for k, sig in enumerate(sigs):
+                    sig.sim_put(value + 0.001 * k, timestamp=t)
+                self.offered += self.m
+            r += 1
+            self.rounds = r
+            now = time.time()
+            if now >= deadline or self.offered >= self.max_values:
+                break
+            if self.rate:
+                due = t0 + r / self.rate
+                if due > now:
+                    self._halt.wait(min(due, deadline) - now)
+                    if time.time() >= deadline:
+                        break
+                else:
+                    self.late_rounds += 1
+        self.t_end = time.time()
+        self.cpu_s = time.thread_time()
+
+    def summary(self) -> dict[str, Any]:
+        wall = max(self.t_end - self.t_start, 1e-9)
+        return {
+            "offered": self.offered,
+            "offered_per_s": round(self.offered / wall, 1),
+            "rounds": self.rounds,
+            "late_rounds": self.late_rounds,
+            "driver_wall_s": round(wall, 2),
+            "driver_cpu_s": round(self.cpu_s, 2),
+        }
+
+
+# -- the warden ------------------------------------------------------------------------------
+def _instrumented_latest_class():
+    from catalog.latest import CONNECTION_STREAM, LatestStore
+
+    class InstrumentedLatest(LatestStore):
+        """The service's LatestStore, timing what reaches ``latest`` and the archive."""
+
+        def __init__(self, objects: list[str], m: int):
+            super().__init__(objects)
+            self.m = m
+            self.key = f"a{m - 1}"  # the last attribute put: its row is complete
+            self.since = math.inf  # count only rows stamped at or after the driver's start
+            self.warm_until = math.inf  # rows stamped before this are warm-up
+            self.fresh = LatencyHistogram()
+            self.fresh_warm = LatencyHistogram()
+            self.persist = LatencyHistogram()
+            self.persist_warm = LatencyHistogram()
+            self.values_seen = 0
+            self.values_written = 0
+            self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
+            self.stop_written = threading.Event()
+            self.pages_written = 0
+
+        def _stamps(self, doc: dict) -> np.ndarray | None:
+            stream = self._streams.get(doc.get("descriptor", ""))
+            if stream is None or stream == CONNECTION_STREAM or self.key not in doc["timestamps"]:
+                return None
+            ts = np.asarray(doc["timestamps"][self.key], dtype=float)
+            return ts[ts >= self.since]
+
+        def __call__(self, name: str, doc: dict) -> None:
+            super().__call__(name, doc)
+            if name == "event_page":
+                ts = self._stamps(doc)
+                if ts is not None and len(ts):
+                    now = time.time()
+                    warm = ts < self.warm_until
+                    self.fresh_warm.add(now - ts[warm], self.m)
+                    self.fresh.add(now - ts[~warm], self.m)
+                    self.values_seen += self.m * len(ts)
+
+        def archived(self, name: str, doc: dict) -> None:
+            super().archived(name, doc)
+            if name == "event_page":
+                ts = self._stamps(doc)
+                self.pages_written += 1
+                if ts is not None and len(ts):
+                    now = time.time()
+                    warm = ts < self.warm_until
+                    self.persist_warm.add(now - ts[warm], self.m)
+                    self.persist.add(now - ts[~warm], self.m)
+                    self.values_written += self.m * len(ts)
+                    self.timeline.append((now, self.values_written))
+            elif name == "stop":
+                self.stop_written.set()
+
+    return InstrumentedLatest
+
+
+def warden_config(workdir: Path, n: int, m: int, flush_interval: float = 0.5):
+    from warden.config import WardenConfig
+
+    attrs = attributes(m)
+    return WardenConfig.model_validate({
+        "archive": f"sqlite:///{workdir / 'archive.db'}",
+        "timezone": "UTC",
+        "flush_interval": flush_interval,
+        "serve": {"host": "127.0.0.1", "port": 0},
+        "objects": [
+            {"name": name, "type": "generic", "source": "sim", "mode": "monitor",
+             "attributes": attrs}
+            for name in object_names(n)
+        ],
+    })
+
+
+class WardenRun:
+    """The real service with ``n`` generic sim objects, an instrumented ``latest``, our driver."""
+
+    def __init__(self, workdir: Path, n: int, m: int, flush_interval: float = 0.5):
+        from warden.service import WardenService
+
+        self.workdir, self.n, self.m = workdir, n, m
+        t0 = time.perf_counter()
+        self.service = WardenService(warden_config(workdir, n, m, flush_interval),
+                                     api_key=API_KEY, port=0)
+        self.service.sim = None  # our driver replaces the machine model
+        self.latest = _instrumented_latest_class()(object_names(n), m)
+        self.service.latest = self.latest  # before start(): the app and writer use it
+        self.build_s = time.perf_counter() - t0
+        self.url = ""
+        self.plan: threading.Thread | None = None
+        self.samples: list[tuple] = []  # (time, values written, rss MB, writer backlog)
+        self._sampling = threading.Event()
+
+    def start(self, plan: bool = True) -> None:
+        t0 = time.perf_counter()
+        self.url = self.service.start()
+        if plan:
+            self.start_plan()
+        self.start_s = time.perf_counter() - t0
+
+    def start_plan(self) -> None:
+        self.plan = threading.Thread(target=self.service.run, name="warden-plan", daemon=True)
+        self.plan.start()
+        deadline = time.monotonic() + 120 + self.n / 50
+        while len(self.service.connections.state) < self.n:  # every buffer staged
+            if time.monotonic() > deadline or not self.plan.is_alive():
+                raise RuntimeError("the monitoring plan did not stage its buffers")
+            time.sleep(0.05)
+        time.sleep(0.5)
+
+    def sample_memory(self, stats: ProcessStats, period: float = 1.0) -> None:
+        def loop():
+            while not self._sampling.wait(period):
+                self.samples.append((time.time(), self.latest.values_written, stats.rss_mb(),
+                                     self.service.writer.backlog))
+
+        threading.Thread(target=loop, name="rss-sampler", daemon=True).start()
+
+    def drive(self, rate: float | None, duration: float, max_values: int | None = None,
+              warmup: float = 0.0) -> Driver:
+        driver = Driver(self.service.devices, self.m, rate, duration, max_values)
+        now = time.time()
+        self.latest.since = now
+        self.latest.warm_until = now + warmup
+        driver.start()
+        driver.join()
+        return driver
+
+    def finish(self, drain_timeout: float) -> dict[str, Any]:
+        """Stop the plan (final flush, stop document) and wait for the writer to drain."""
+        t0 = time.time()
+        self.service.stop()
+        self.plan.join(timeout=drain_timeout)
+        drained = self.latest.stop_written.wait(max(0.0, drain_timeout - (time.time() - t0)))
+        self._sampling.set()
+        return {"drained": drained, "drain_s": round(time.time() - t0, 2),
+                "writer_backlog": self.service.writer.backlog,
+                "writer_errors": self.service.writer.errors}
+
+    def count(self, until: float = 1e12) -> dict[str, int]:
+        return count_archived(self.workdir / "archive.tables.db", attributes(self.m),
+                              self.latest.since, until)
+
+    def disk(self) -> dict[str, int]:
+        catalog = disk_bytes(*sqlite_files(self.workdir / "archive.db"))
+        tables = disk_bytes(*sqlite_files(self.workdir / "archive.tables.db"))
+        data = disk_bytes(self.workdir / "archive.data")
+        return {"catalog_db": catalog, "tables_db": tables, "data_dir": data,
+                "total": catalog + tables + data}
+
+    def close(self, drained: bool) -> None:
+        if drained:
+            self.service.close()
+        elif self.service.server is not None:  # the writer is stuck behind its queue
+            self.service.server.stop()
+
+
+def sustained_rate(timeline: list[tuple[float, int]], t0: float, t1: float) -> float | None:
+    """Values written per second between wall times ``t0`` and ``t1``."""
+    if not timeline or t1 <= t0:
+        return None
+    times = np.array([t for t, _ in timeline])
+    counts = np.array([c for _, c in timeline])
+    before = counts[times <= t0]
+    upto = counts[times <= t1]
+    c0 = int(before[-1]) if len(before) else 0
+    c1 = int(upto[-1]) if len(upto) else 0
+    return (c1 - c0) / (t1 - t0)
+
+
+def run_warden(n: int, m: int, rate: float, duration: float, warmup: float,
+               drain_timeout: float, workdir: Path) -> dict[str, Any]:
+    note(f"warden: building {n} objects x {m} attributes")
+    run = WardenRun(workdir, n, m)
+    run.start()
+    note(f"warden: serving at {run.url}; driving {n * m * rate:,.0f} values/s for {duration} s")
+    stats = ProcessStats()
+    driver = run.drive(rate, duration, warmup=warmup)
+    proc = stats.report()
+    fin = run.finish(drain_timeout)
+    counted = run.count()
+    lat = run.latest
+    lost = driver.offered - counted["values"]
+    t_warm = driver.t_start + warmup
+    out = {
+        **driver.summary(),
+        "archived": counted["values"],
+        "archived_rows": counted["rows"],
+        "archived_row_values": counted["rows"] * m,  # > archived if a row was written twice
+        "lost": lost,
+        "sustained_values_per_s": _r(sustained_rate(lat.timeline, t_warm, driver.t_end)),
+        "archived_per_s_incl_drain": round(
+            counted["values"] / max(1e-9, (driver.t_end - driver.t_start) + fin["drain_s"]), 1),
+        "freshness": lat.fresh.summary(),
+        "freshness_warmup": lat.fresh_warm.summary(),
+        "persistence_lag": lat.persist.summary(),
+        "persistence_lag_warmup": lat.persist_warm.summary(),
+        "warmup_s": warmup,
+        **fin,
+        "build_s": round(run.build_s, 2),
+        "start_s": round(run.start_s, 2),
+        "process": proc,
+    }
+    run.close(fin["drained"])
+    return out
+
+
+# -- the naive pipeline ----------------------------------------------------------------------
+def run_naive(n: int, m: int, rate: float, duration: float, workdir: Path,
+              settle: float = 30.0) -> dict[str, Any]:
+    """``bps.monitor`` of every signal + ``TiledWriter(batch_size=1)``; count in ``duration``."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.config import Authentication
+    from tiled.server.app import build_app
+
+    from catalog.server import TiledServer, sql_catalog
+
+    catalog = sql_catalog(f"sqlite:///{workdir / 'naive.db'}")
+    app = build_app(
+        catalog,
+        authentication=Authentication(single_user_api_key=API_KEY),
+        tasks={"startup": list(getattr(catalog, "startup_tasks", [])),
+               "shutdown": list(getattr(catalog, "shutdown_tasks", []))},
+    )
+    server = TiledServer(app)
+    url = server.start()
+    writer = TiledWriter(from_uri(url, api_key=API_KEY), batch_size=1)
+    devices = generic_devices(n, m)
+    signals = [getattr(d, a) for d in devices for a in attributes(m)]
+    lock = threading.Lock()  # TiledWriter is not thread-safe; the driver and RE both emit
+    written = {"event": 0, "descriptor": 0, "errors": 0}
+    halt = threading.Event()
+
+    def locked_writer(name: str, doc: dict) -> None:
+        with lock:
+            try:
+                writer(name, doc)
+            except Exception:  # noqa: BLE001 - count and go on, as a user's session would
+                written["errors"] += 1
+                return
+            if name in written:
+                written[name] += 1
+
+    def plan():
+        @bpp.run_decorator(md={"plan_name": "naive_monitor"})
+        def inner():
+            monitored = []
+            for sig in signals:
+                if halt.is_set():
+                    break
+                yield from bps.monitor(sig, name=sig.name)
+                monitored.append(sig)
+            while not halt.is_set():
+                yield from bps.sleep(0.1)
+            for sig in monitored:
+                yield from bps.unmonitor(sig)
+
+        return (yield from inner())
+
+    RE = RunEngine({}, context_managers=[])
+    RE.subscribe(locked_writer)
+    note(f"naive: bps.monitor of {len(signals)} signals + TiledWriter(batch_size=1), "
+         f"{duration} s")
+    stats = ProcessStats()
+    runner = threading.Thread(target=RE, args=(plan(),), name="naive-RE", daemon=True)
+    driver = Driver(devices, m, rate, duration)
+    t0 = time.time()
+    runner.start()
+    driver.start()
+    driver.join()
+    t1 = time.time()
+    archived_in_window = written["event"]  # one event = one value (one signal per stream)
+    descriptors = written["descriptor"]
+    proc = stats.report()
+    halt.set()
+    runner.join(timeout=settle)
+    settled = not runner.is_alive()
+    server.stop()
+    rows = count_all_rows(workdir / "naive.tables.db") if settled else None
+    return {
+        **driver.summary(),
+        "archived": archived_in_window,
+        "archived_per_s": round(archived_in_window / (t1 - t0), 1),
+        "streams_described": descriptors,
+        "signals": len(signals),
+        "writer_errors": written["errors"],
+        "rows_in_archive_after_stop": rows,
+        "window_s": round(t1 - t0, 2),
+        "process": proc,
+    }
+
+
+# -- the ceiling -----------------------------------------------------------------------------
+def run_ceiling(n: int, m: int, rate: float, duration: float) -> dict[str, Any]:
+    """Subscriptions that only count: paced at ``rate``, then flat out."""
+    devices = generic_devices(n, m)
+    counted = [0]
+
+    def count(*args, **kwargs):
+        counted[0] += 1
+
+    for d in devices:
+        for a in attributes(m):
+            getattr(d, a).subscribe(count, run=False)
+    out: dict[str, Any] = {}
+    for label, r in (("paced", rate), ("max", None)):
+        counted[0] = 0
+        driver = Driver(devices, m, r, duration)
+        driver.start()
+        driver.join()
+        wall = driver.t_end - driver.t_start
+        out[f"{label}_per_s"] = round(counted[0] / wall, 1)
+        out[f"{label}_counted"] = counted[0]
+        out[f"{label}_offered"] = driver.offered
+    return out
+
+
+# -- figures ---------------------------------------------------------------------------------
+def figure_ingest(quick: bool, sizes: list[int] | None = None, duration: float | None = None,
+                  naive_duration: float | None = None, m: int = M_DEFAULT,
+                  offered: float | None = None) -> list[dict]:
+    sizes = sizes or ([100] if quick else [100, 1_000, 10_000])
+    offered = offered or (OFFERED_QUICK if quick else OFFERED_DEFAULT)
+    out = []
+    for n in sizes:
+        rate = offered / (n * m)
+        dur = duration or (6.0 if quick else FULL_SECONDS.get(n, (300.0, 120.0, 180.0))[0])
+        ndur = naive_duration or (3.0 if quick else FULL_SECONDS.get(n, (0, 120.0, 0))[1])
+        drain = 60.0 if quick else FULL_SECONDS.get(n, (0, 0, 180.0))[2]
+        warmup = min(10.0, dur / 4)
+        with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{n}-") as tmp:
+            tmp = Path(tmp)
+            (tmp / "w").mkdir()
+            (tmp / "n").mkdir()
+            # the warden last: a writer still draining must not run beside the references
+            ceiling = run_ceiling(n, m, rate, 1.0 if quick else 15.0)
+            naive = run_naive(n, m, rate, ndur, tmp / "n")
+            warden = run_warden(n, m, rate, dur, warmup, drain_timeout=drain, workdir=tmp / "w")
+        sustained = warden["sustained_values_per_s"] or 0.0
+        ratios = {
+            "warden_vs_naive": _ratio(sustained, naive["archived_per_s"]),
+            "warden_incl_drain_vs_naive": _ratio(warden["archived_per_s_incl_drain"],
+                                                 naive["archived_per_s"]),
+            "warden_vs_ceiling_max": _ratio(sustained, ceiling["max_per_s"]),
+            "warden_vs_ceiling_paced": _ratio(sustained, ceiling["paced_per_s"]),
+            "archived_vs_offered": _ratio(warden["archived"], warden["offered"]),
+        }
+        fresh, persist = warden["freshness"]["p99_s"], warden["persistence_lag"]["p99_s"]
+        targets = {
+            "sustained_ge_20000_per_s": sustained >= 20_000,
+            "nothing_lost": warden["lost"] == 0,
+            "freshness_p99_le_1s": fresh is not None and fresh <= 1.0,
+            "persistence_lag_p99_le_10s": persist is not None and persist <= 10.0,
+            "ge_100x_naive": (ratios["warden_vs_naive"] or 0) >= 100,
+            "applies": n == 1_000,
+        }
+        out.append(emit("ingest", N=n, M=m, R=round(rate, 4), offered_target_per_s=offered,
+                        quick=quick, warden=warden, naive=naive, ceiling=ceiling,
+                        ratios=ratios, targets=targets))
+    return out
+
+
+def figure_memory(quick: bool, values: int | None = None, n: int | None = None,
+                  m: int = M_DEFAULT, offered: float | None = None,
+                  with_storage: bool = True) -> list[dict]:
+    """RSS of the service process while it archives ``values`` values (and bytes on disk).
+
+    100 objects at 10,000 values/s: a load whose writer keeps up, so that RSS shows what the
+    service holds, not a growing queue (the full set cuts 10 M values to 3 M: 5 minutes).
+    """
+    values = values or (200_000 if quick else 3_000_000)
+    n = n or (20 if quick else 100)  # --quick: few streams, so the writer drains in seconds
+    offered = offered or (20_000.0 if quick else 10_000.0)
+    rate = offered / (n * m)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        tmp = Path(tmp)
+        run = WardenRun(tmp, n, m)
+        run.start()
+        stats = ProcessStats()
+        rss_start = stats.rss_mb()
+        run.sample_memory(stats, period=0.5 if quick else 2.0)
+        note(f"memory: {values:,} values at {offered:,.0f}/s through {n} objects")
+        driver = run.drive(rate, duration=10 * values / offered + 60, max_values=values)
+        proc = stats.report()
+        fin = run.finish(drain_timeout=120 if quick else 900)
+        counted = run.count()
+        rss_end = stats.rss_mb()
+        samples = [s for s in run.samples if s[1] > 0]
+        memory = _memory_fit(samples, values, rss_start, rss_end)
+        out = [emit(
+            "memory", N=n, M=m, quick=quick, values_target=values, **driver.summary(),
+            archived=counted["values"], lost=driver.offered - counted["values"],
+            **memory, **fin, process=proc,
+            sustained_values_per_s=_r(sustained_rate(run.latest.timeline, driver.t_start
+                                                     + 0.1 * (driver.t_end - driver.t_start),
+                                                     driver.t_end)),
+            freshness=run.latest.fresh.summary(), persistence_lag=run.latest.persist.summary(),
+            targets={"growth_le_50MB_per_10M_values":
+                     memory["growth_per_10M_values_mb"] is not None
+                     and memory["growth_per_10M_values_mb"] <= 50},
+        )]
+        if with_storage:
+            out.append(_storage_figure(run.disk(), counted, m, quick))
+        run.close(fin["drained"])
+    return out
+
+
+def figure_storage(quick: bool, values: int | None = None, n: int | None = None,
+                   m: int = M_DEFAULT) -> list[dict]:
+    """Bytes on disk per archived value, from a dedicated run of ``values`` values."""
+    values = values or (100_000 if quick else 2_000_000)
+    n = n or (20 if quick else 100)
+    offered = 10_000.0
+    rate = offered / (n * m)
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+        tmp = Path(tmp)
+        run = WardenRun(tmp, n, m)
+        run.start()
+        run.drive(rate, duration=10 * values / offered + 60, max_values=values)
+        fin = run.finish(drain_timeout=120 if quick else 900)
+        counted = run.count()
+        out = [_storage_figure(run.disk(), counted, m, quick)]
+        run.close(fin["drained"])
+    return out
+
+
+def _storage_figure(disk: dict[str, int], counted: dict[str, int], m: int,
+                    quick: bool) -> dict:
+    values = max(1, counted["values"])
+    per_value = disk["total"] / values
+    refs = _storage_references(m, rows=min(200_000, max(10_000, counted["rows"])))
+    return emit(
+        "storage", quick=quick, M=m, archived_values=counted["values"],
+        archived_rows=counted["rows"], bytes=disk, bytes_per_value=round(per_value, 2),
+        bytes_per_value_tables_only=round(disk["tables_db"] / values, 2),
+        references=refs,
+        ratios={"warden_vs_plain_sqlite_same_layout":
+                _ratio(per_value, refs["plain_sqlite_same_layout"]),
+                "warden_vs_raw_16": _ratio(per_value, 16.0)},
+        targets={"le_16_bytes_per_value": per_value <= 16.0},
+    )
+
+
+def _storage_references(m: int, rows: int) -> dict[str, float]:
+    """Bytes per value of the same rows in bare SQLite tables, written with sqlite3.
+
+    ``plain_sqlite_same_layout``: seq_num, time, a*, ts_a* (what the warden's table holds,
+    minus Tiled's ``_dataset_id``/``_partition_id``); ``plain_sqlite_one_timestamp``: time and
+    a* only (one upstream time per row); ``raw_float64_value_and_time``: 16.
+    """
+    import sqlite3
+
+    out = {}
+    attrs = attributes(m)
+    layouts = {
+        "plain_sqlite_same_layout": ["seq_num INTEGER", "time REAL",
+                                     *(f"{a} REAL" for a in attrs),
+                                     *(f"ts_{a} REAL" for a in attrs)],
+        "plain_sqlite_one_timestamp": ["time REAL", *(f"{a} REAL" for a in attrs)],
+    }
+    rng = np.random.default_rng(0)
+    t = 1.7e9 + np.cumsum(rng.random(rows))
+    vals = rng.normal(size=(rows, m))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cols in layouts.items():
+            path = Path(tmp) / f"{name}.db"
+            con = sqlite3.connect(path)
+            con.execute(f"CREATE TABLE t ({', '.join(cols)})")
+            if name == "plain_sqlite_same_layout":
+                data = [(i, t[i], *vals[i], *([t[i]] * m)) for i in range(rows)]
+            else:
+                data = [(t[i], *vals[i]) for i in range(rows)]
+            marks = ", ".join("?" * len(cols))
+            con.executemany(f"INSERT INTO t VALUES ({marks})", data)
+            con.commit()
+            con.close()
+            out[name] = round(disk_bytes(path) / (rows * m), 2)
+    out["raw_float64_value_and_time"] = 16.0
+    return out
+
+
+def _memory_fit(samples, values, rss_start, rss_end) -> dict[str, Any]:
+    """RSS at warm-up (10 % of the values archived) and at the end; slope after warm-up."""
+    warm_at = 0.1 * values
+    after = [(v, r) for _, v, r, _ in samples if v >= warm_at]
+    if len(after) < 3:
+        return {"rss_start_mb": round(rss_start, 1), "rss_warm_mb": None,
+                "rss_end_mb": round(rss_end, 1), "slope_mb_per_million_values": None,
+                "growth_after_warmup_mb": None, "growth_per_10M_values_mb": None,
+                "rss_peak_mb": None}
+    v = np.array([a for a, _ in after], dtype=float)
+    r = np.array([b for _, b in after], dtype=float)
+    slope = float(np.polyfit(v / 1e6, r, 1)[0])
+    return {
+        "rss_start_mb": round(rss_start, 1),
+        "rss_warm_mb": round(float(r[0]), 1),
+        "rss_end_mb": round(float(r[-1]), 1),
+        "rss_peak_mb": round(float(max(s[2] for s in samples)), 1),
+        "writer_backlog_max_docs": int(max(s[3] for s in samples)),
+        "values_at_warm": int(v[0]),
+        "slope_mb_per_million_values": round(slope, 3),
+        "growth_after_warmup_mb": round(float(r[-1] - r[0]), 1),
+        "growth_per_10M_values_mb": round(slope * 10, 1),
+        "rss_samples": [[int(a), round(b, 1)] for a, b in zip(v[:: max(1, len(v) // 20)],
+                                                              r[:: max(1, len(r) // 20)],
+                                                              strict=True)],
+    }
+
+
+def _ratio(a, b) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
