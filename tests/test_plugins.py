@@ -108,7 +108,7 @@ class Twice(Plugin):
 '''
 
 
-def test_plugins_are_archived_and_a_failing_one_stops_nothing(tmp_path):
+def test_plugins_are_archived_and_a_failing_one_stops_nothing(tmp_path, capsys):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "mine.py").write_text(BAD_PLUGINS)
     assert {"lifetime", "fill", "broken", "twice"} <= set(discover(tmp_path / "plugins"))
@@ -153,6 +153,11 @@ def test_plugins_are_archived_and_a_failing_one_stops_nothing(tmp_path):
             assert main(["plugins", "start", "twice", "--server", url]) == 0
             wait_for(lambda: service.runner.states["twice"].runs > runs, timeout=5)
             assert main(["plugins", "stop", "nope", "--server", url]) == 2
+            capsys.readouterr()
+            assert main(["plugins", "--server", url]) == 0
+            listing = capsys.readouterr().out
+            assert "twice" in listing and "broken" in listing
+            assert "fill" in listing and "available" in listing  # discovered, not enabled
             assert main(["status", "--server", url]) == 0
         finally:
             del os.environ["WARDEN_API_KEY"]

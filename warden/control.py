@@ -14,7 +14,10 @@ from fastapi import APIRouter, HTTPException, Request
 from .plugins.runner import PluginRunner
 
 
-def control_router(runner: PluginRunner, api_key: str, public: bool = False) -> APIRouter:
+def control_router(
+    runner: PluginRunner, api_key: str, public: bool = False, discovered: list[str] = ()
+) -> APIRouter:
+    """The control routes; ``discovered`` plugins not in the config are listed as available."""
     router = APIRouter(prefix="/warden")  # Tiled mounts it under /api/v1
 
     def authorize(request: Request, write: bool) -> None:
@@ -29,7 +32,12 @@ def control_router(runner: PluginRunner, api_key: str, public: bool = False) -> 
     @router.get("/plugins")
     def plugins(request: Request) -> list[dict]:
         authorize(request, write=False)
-        return runner.status()
+        available = [
+            {"name": name, "state": "available", "interval": "-", "runs": 0, "errors": 0,
+             "overruns": 0, "last_error": "enable it in the config's plugins"}
+            for name in discovered if name not in runner.states
+        ]
+        return runner.status() + available
 
     @router.post("/plugins/{name}/{action}")
     def switch(name: str, action: str, request: Request) -> dict:

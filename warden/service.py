@@ -119,7 +119,7 @@ class WardenService:
         """Open the archive and start serving it; return the server's base URL."""
         if self.backend is None:
             self.backend = open_backend(self.config.archive)
-        control = control_router(self.runner, self.api_key, self.public)
+        control = control_router(self.runner, self.api_key, self.public, list(self.discovered))
         app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
                          self.public, routers=[control])
         log_dir = self.backend.data_dir  # server.log and access.log beside the archive
@@ -179,10 +179,9 @@ class WardenService:
         """The latest entry of an object (what plugins read)."""
         return self.latest.get(name)
 
-    @staticmethod
-    def _plugin_states(config: WardenConfig) -> list[PluginState]:
+    def _plugin_states(self, config: WardenConfig) -> list[PluginState]:
         """Instantiate the configured plugins, each with its derived device."""
-        found = discover(config.plugin_dir)
+        found = self.discovered = discover(config.plugin_dir)
         states = []
         for i, entry in enumerate(config.plugins):
             if entry.name not in found:
