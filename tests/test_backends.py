@@ -229,6 +229,8 @@ def test_service_end_to_end(archive_uri, tmp_path):
             archive.day("yi2-wcm3", "2001-02-30")
         with pytest.raises(QueryError, match="not after its start"):
             archive.range("yi2-wcm3", "2001-11-07", "2001-11-06")
+        with pytest.raises(QueryError, match="at most"):
+            archive.range("yi2-wcm3", "1990-01-01", "2001-01-01")
 
 
 def test_midnight_rollover_makes_two_runs(archive_uri, tmp_path):
