@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from ophyd import Device
 
 Row = dict[str, tuple[Any, float]]  # {attribute: (value, upstream timestamp)}
+HOLD = 0.05  # s: updates of one upstream timestamp arrive as separate callbacks
 
 
 def data_key(source: str, value: Any) -> dict[str, Any]:
@@ -112,6 +114,9 @@ class ObjectBuffer:
         self._tokens: list[tuple[Any, int]] = []
         self.updates = 0  # values received since start
         self.cutoff = math.inf  # the plan sets it to midnight for a closing day's last flush
+        self.hold = HOLD  # seconds the newest row waits for the rest of its timestamp
+        self._sig_connected: dict[Any, bool] = {}
+        self._last_add = 0.0
 
     # -- Stageable ---------------------------------------------------------------------------
     def stage(self) -> list[ObjectBuffer]:
@@ -133,9 +138,11 @@ class ObjectBuffer:
     def connected(self) -> bool:
         return all(sig.connected for sig in self._signals.values())
 
-    def _on_meta(self, *args, **kwargs) -> None:
-        if "connected" in kwargs:
-            self.connections.record(self.name, self.connected)
+    def _on_meta(self, *args, obj=None, connected=None, **kwargs) -> None:
+        if connected is None or self._sig_connected.get(obj) == connected:
+            return  # simulated signals repeat their metadata on every put
+        self._sig_connected[obj] = connected
+        self.connections.record(self.name, self.connected)
 
     def _value_callback(self, attr: str) -> Callable[..., None]:
         def on_value(*args, value=None, timestamp=None, **kwargs) -> None:
@@ -162,6 +169,7 @@ class ObjectBuffer:
                 self._rows[-1][1][attr] = (value, timestamp)
             else:
                 self._rows.append((timestamp, dict(self._current)))
+            self._last_add = time.monotonic()
 
     def add_reading(self, reading: dict[str, dict[str, Any]]) -> None:
         """Add the result of reading the whole device (scan mode) as one row."""
@@ -194,6 +202,8 @@ class ObjectBuffer:
         with self._lock:
             keep = [r for r in self._rows if r[0] >= self.cutoff]
             rows = [r for r in self._rows if r[0] < self.cutoff] if keep else self._rows
+            if rows and not keep and time.monotonic() - self._last_add < self.hold:
+                keep = [rows.pop()]  # its other attributes may be a few callbacks away
             self._rows = keep
         if not rows:
             return

@@ -24,7 +24,7 @@ from catalog.writer import QueuedWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
-from plans.monitor import monitor_objects
+from plans.monitor import light_page_validation, monitor_objects
 from warden_devices.build import build_derived, build_device, build_source, build_target
 from warden_devices.sim import SimUpstream
 
@@ -139,17 +139,20 @@ class WardenService:
         RE.subscribe(self.writer)
         if self.ascii is not None:  # in emission order, so `export-ascii` matches the file
             RE.subscribe(self.ascii)
-        RE(
-            monitor_objects(
-                self.buffers,
-                self.connections,
-                self.periods,
-                clock=self.clock,
-                flush_interval=self.config.flush_interval,
-                stop=self.stop_event,
-                md={"timezone": self.config.zone.key},
-                exchanges=self.exchanges,
-            )
+        with light_page_validation():
+            RE(self.plan())
+
+    def plan(self):
+        """The monitoring plan of this service (run it with any RunEngine)."""
+        return monitor_objects(
+            self.buffers,
+            self.connections,
+            self.periods,
+            clock=self.clock,
+            flush_interval=self.config.flush_interval,
+            stop=self.stop_event,
+            md={"timezone": self.config.zone.key},
+            exchanges=self.exchanges,
         )
 
     def stop(self) -> None:
