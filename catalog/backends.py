@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .query import QueryError
+
 Sink = Callable[[str, dict], None]
 
 SQL_SCHEMES = ("sqlite", "postgresql")
@@ -45,6 +47,10 @@ MONGO_PARTIAL_RUN_TTL = 0.5
 
 class ArchiveUnavailable(ConnectionError):
     """The archive named by the URI cannot be opened (server down, no such database, ...)."""
+
+
+class ArchiveURIError(QueryError):
+    """An archive URI that names no usable archive (bad input: the CLI exits 2)."""
 
 
 class Backend(Protocol):
@@ -89,7 +95,7 @@ def open_backend(uri: str, data_dir: str | Path | None = None, init: bool = True
     if scheme in MONGO_SCHEMES:
         return MongoBackend(uri, init=init)
     known = ", ".join(f"{s}://" for s in ("sqlite", "postgresql", "mongodb", "mongomock"))
-    raise ValueError(f"unknown archive URI scheme {scheme!r} (known: {known})")
+    raise ArchiveURIError(f"unknown archive URI scheme {scheme!r} (known: {known})")
 
 
 def redact(uri: str) -> str:
@@ -170,7 +176,9 @@ def mongo_database(uri: str):
     parts = urlsplit(uri)
     name = parts.path.strip("/")
     if not name:
-        raise ValueError(f"archive URI {redact(uri)!r} names no database (mongodb://host/DB)")
+        raise ArchiveURIError(
+            f"archive URI {redact(uri)!r} names no database (mongodb://host/DB)"
+        )
     if scheme_of(uri) == "mongomock":
         import mongomock
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from event_model import pack_event_page
 
-from .backends import Backend, MongoBackend, open_backend
+from .backends import ArchiveURIError, Backend, MongoBackend, open_backend
 from .latest import LatestStore
 from .query import _plain, parse_day
 from .server import TiledServer, warden_app
@@ -75,7 +75,7 @@ def migrate(
     if day is not None:
         day = parse_day(day).isoformat()
     if src_uri == dst_uri:
-        raise ValueError("source and destination are the same archive")
+        raise ArchiveURIError("source and destination are the same archive")
     say = progress or (lambda line: None)
     t0 = time.perf_counter()
     src = open_backend(src_uri, data_dir=src_data_dir, init=False)

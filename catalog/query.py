@@ -235,8 +235,18 @@ class Archive:
 
     # -- helpers -----------------------------------------------------------------------------
     def _check(self, obj: str) -> None:
-        if not isinstance(obj, str) or obj not in self.objects():
+        if not isinstance(obj, str) or obj not in self._known_objects():
             raise UnknownObjectError(f"unknown object {obj!r}")
+
+    def _known_objects(self) -> list[str]:
+        """``objects()``, asked once: a server's configured objects do not change while it
+        runs (an archive without ``latest`` is asked again, as it may grow)."""
+        if getattr(self, "_configured", None) is None:
+            names = self.objects()
+            if "latest" not in self.root:
+                return names
+            self._configured = names
+        return self._configured
 
     def _runs(self, days: list[str]):
         query = Key("start.day") == days[0] if len(days) == 1 else In("start.day", days)

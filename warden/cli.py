@@ -36,9 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionError as err:
         print(f"warden {args.command}: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:  # e.g. migrate onto the same archive, an unknown scheme
-        print(f"warden {args.command}: {err}", file=sys.stderr)
-        return 2
 
 
 # -- commands ---------------------------------------------------------------------------------
