@@ -244,7 +244,7 @@ class MongoBackend:
         return Serializer(self.database, self.database)
 
     def sink(self, url: str = "", api_key: str = "") -> Sink:
-        return self.serializer()
+        return MongoRunSink(self.serializer(), self.database)
 
     def describe(self) -> str:
         if scheme_of(self.uri) == "mongomock":
@@ -269,6 +269,41 @@ class MongoBackend:
     def close(self) -> None:
         if scheme_of(self.uri) != "mongomock":
             self.database.client.close()
+
+
+class MongoRunSink:
+    """suitcase-mongo's serializer, made safe to write the same documents again (the spool
+    replays them): documents whose uid is stored are skipped. Events are checked only for
+    streams this sink did not start, or after a failed write (:meth:`resync`)."""
+
+    def __init__(self, serializer, database):
+        self.serializer, self.db = serializer, database
+        self._known: set[str] = set()  # descriptor uids whose stored events we know
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name in ("start", "descriptor", "stop"):
+            collection, key = {"start": ("run_start", "uid"), "descriptor":
+                               ("event_descriptor", "uid"), "stop": ("run_stop", "run_start")}[name]
+            if self.db[collection].find_one({key: doc[key]}, {"_id": 1}) is not None:
+                return
+            if name == "descriptor":
+                self._known.add(doc["uid"])
+        elif name == "event_page" and doc["descriptor"] not in self._known:
+            stored = {e["uid"] for e in self.db["event"].find({"uid": {"$in": doc["uid"]}},
+                                                                  {"uid": 1})}
+            if stored:
+                keep = np.array([u not in stored for u in doc["uid"]])
+                if not keep.any():
+                    return
+                from .writer import rows_where
+
+                doc = rows_where(doc, keep)
+        self.serializer(name, doc)
+        if name == "event_page":
+            self._known.add(doc["descriptor"])
+
+    def resync(self) -> None:
+        self._known.clear()
 
 
 def validate_shape(key: str, data: np.ndarray, expected_shape: tuple, uid=None) -> np.ndarray:

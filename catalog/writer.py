@@ -8,17 +8,17 @@ data key as an extendable array node (SQLite tables cannot hold list columns). U
 ``TiledWriter`` it appends each event page as it arrives, so every flush of the plan is
 queryable at once.
 
-:class:`QueuedWriter` puts any sink behind one queue and one thread, so the RunEngine and
-subscription threads never wait on the archive.
+:class:`SpooledWriter` puts any sink behind the on-disk spool (:mod:`catalog.spool`) and one
+thread, so the RunEngine never waits on the archive and nothing is lost while it is away.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,27 +26,49 @@ import pyarrow as pa
 from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
+from .spool import Spool, encode
+
 log = logging.getLogger(__name__)
 
 
 class TiledRunSink:
-    """Write documents into a Tiled container (the archive root) over its client API."""
+    """Write documents into a Tiled container (the archive root) over its client API.
+
+    Writing the same documents again changes nothing (the spool replays them after an outage
+    or a crash): a run or stream that exists is reused, and an event page only adds the rows
+    whose ``seq_num`` is past what each node holds. After a failed write, call
+    :meth:`resync` so the next page asks the archive what it holds.
+    """
 
     def __init__(self, root):
         self.root = root
         self._runs: dict[str, Any] = {}
+        self._fresh: set[str] = set()  # runs this sink made and nothing failed since
         self._streams: dict[str, _Stream] = {}  # by descriptor uid
 
     def __call__(self, name: str, doc: dict) -> None:
         getattr(self, name, _ignore)(doc)
 
     def start(self, doc: dict) -> None:
-        self._runs[doc["uid"]] = self.root.create_container(
-            key=doc["uid"], metadata={"start": doc}, specs=[Spec("BlueskyRun", version="3.0")]
-        )
+        uid = doc["uid"]
+        if uid in self._runs:
+            return
+        try:
+            self._runs[uid] = self.root[uid]
+        except KeyError:
+            self._runs[uid] = self.root.create_container(
+                key=uid, metadata={"start": doc}, specs=[Spec("BlueskyRun", version="3.0")]
+            )
+            self._fresh.add(uid)
 
     def descriptor(self, doc: dict) -> None:
+        if doc["uid"] in self._streams:
+            return
         run = self._runs[doc["run_start"]]
+        if doc["run_start"] not in self._fresh and doc["name"] in run:
+            self._streams[doc["uid"]] = _Stream(run[doc["name"]].base, doc["data_keys"],
+                                                 known=False)
+            return
         md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
         node = run.create_container(
             key=doc["name"],
@@ -59,26 +81,65 @@ class TiledRunSink:
         self._streams[doc["descriptor"]].append(doc)
 
     def stop(self, doc: dict) -> None:
-        run = self._runs.pop(doc["run_start"])
+        uid = doc["run_start"]
+        run = self._runs.pop(uid, None) or self.root[uid]
         run.update_metadata(metadata={"stop": doc}, drop_revision=True)
-        for uid in [u for u, s in self._streams.items() if s.node.uri.startswith(run.uri)]:
-            del self._streams[uid]
+        self._fresh.discard(uid)
+        for d in [d for d, s in self._streams.items() if s.node.uri.startswith(run.uri)]:
+            del self._streams[d]
+
+    def resync(self) -> None:
+        """Forget what this sink believes the archive holds (after a failed write)."""
+        self._fresh.clear()
+        for stream in self._streams.values():
+            stream.known = False
 
 
 class _Stream:
-    """One stream's nodes: the ``internal`` table and its large-array nodes."""
+    """One stream's nodes: the ``internal`` table and its large-array nodes.
 
-    def __init__(self, node, data_keys: dict[str, dict]):
+    ``stored`` holds, per node, the last ``seq_num`` it has (``seq_num`` counts 1, 2, ...
+    in each stream). The table is written before the arrays, so a write cut short leaves
+    the arrays behind the table, never ahead.
+    """
+
+    def __init__(self, node, data_keys: dict[str, dict], known: bool = True):
         self.node = node
         self.data_keys = data_keys
         self.array_keys = [k for k, dk in data_keys.items() if dk["dtype"] == "array"]
         self.table = None
         self.arrays: dict[str, Any] = {}
+        self.stored: dict[str, int] = {}
+        self.known = known  # False: ask the archive what it holds before the next append
 
     def append(self, page: dict) -> None:
-        data, stamps = page["data"], page["timestamps"]
+        if not self.known:
+            self._ask_archive()
+        seq = np.asarray(page["seq_num"])
+        new = seq > self.stored.get("internal", 0)
+        if new.any():
+            self._append_table(rows_where(page, new))
+            self.stored["internal"] = int(seq[new][-1])
         for key in self.array_keys:
-            self._append_array(key, np.asarray(data[key]))
+            new = seq > self.stored.get(key, 0)
+            if new.any():
+                self._append_array(key, np.asarray(page["data"][key])[new])
+                self.stored[key] = int(seq[new][-1])
+
+    def _ask_archive(self) -> None:
+        children = set(self.node)
+        if "internal" in children:
+            self.table = self.node["internal"]
+            seq = self.table.read(columns=["seq_num"])["seq_num"]
+            self.stored["internal"] = int(seq.max()) if len(seq) else 0
+        for key in self.array_keys:
+            if key in children:
+                self.arrays[key] = self.node[key]
+                self.stored[key] = int(self.arrays[key].shape[0])
+        self.known = True
+
+    def _append_table(self, page: dict) -> None:
+        data, stamps = page["data"], page["timestamps"]
         columns: dict[str, Any] = {"seq_num": page["seq_num"], "time": page["time"]}
         columns.update({k: v for k, v in data.items() if k not in self.array_keys})
         columns.update({f"ts_{k}": v for k, v in stamps.items()})
@@ -116,72 +177,179 @@ class _Stream:
             node.patch(array, offset=node.shape[:1], extend=True)
 
 
+def rows_where(page: dict, keep: np.ndarray) -> dict:
+    """The rows of an event page where ``keep`` is true (all of them: the page itself)."""
+    if keep.all():
+        return page
+    idx = np.flatnonzero(keep)
+
+    def pick(values):
+        return [values[i] for i in idx]
+
+    return {
+        **page,
+        "seq_num": pick(page["seq_num"]),
+        "time": pick(page["time"]),
+        "uid": pick(page["uid"]),
+        "data": {k: pick(v) for k, v in page["data"].items()},
+        "timestamps": {k: pick(v) for k, v in page["timestamps"].items()},
+    }
+
+
 def _ignore(doc: dict) -> None:
     return None
 
 
-class QueuedWriter:
-    """A ``(name, doc)`` callback that hands documents to ``sink`` on a thread of its own.
+class SpooledWriter:
+    """A ``(name, doc)`` callback: each document goes to the spool at once, and from the spool
+    to ``sink`` on a thread of its own, so the RunEngine never waits on the archive.
 
-    Documents are copied on arrival, written in order, and a sink error is logged and
-    counted without stopping the thread (readings stay in the monitoring service).
+    The thread reads the spool in order and merges the event pages of each stream into one
+    write. When the archive cannot be reached (connection refused, 5xx) it keeps the
+    documents in the spool and tries again, every ``retry`` seconds at first and then less
+    often; documents the archive refuses (4xx, bad data) are counted in ``errors`` and kept
+    in ``rejected.jsonl`` beside the spool. Documents left in the spool by an earlier process
+    are written first.
     """
 
     def __init__(
         self,
         sink: Callable[[str, dict], None],
+        spool: str | Path,
         on_written: Callable[[str, dict], None] | None = None,
+        retry: float = 0.5,
         name: str = "archive-writer",
     ):
         self.sink = sink
+        self.spool = Spool(spool)
         self.on_written = on_written
-        self.errors = 0
+        self.retry = retry
+        self.errors = 0  # documents the archive refused
         self.written = 0  # rows of event pages written
-        self._queue: queue.Queue = queue.Queue()
+        self.outages = 0  # times the archive became unreachable
+        self.unavailable_since: float | None = None  # time.time() of the first failure
+        self.last_error = ""
+        self._position = self.spool.first()
+        self._done = threading.Condition()
+        self._closing = threading.Event()
+        self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def __call__(self, name: str, doc: dict) -> None:
-        self._queue.put((name, copy.deepcopy(doc)))
+        self.spool.append(name, doc)
 
+    # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
+        while not self._abandon.is_set():
+            docs, after = self.spool.read(self._position)
+            if not docs and after == self._position:
+                if self._closing.is_set():
+                    return
+                self.spool.wait(self._position, timeout=0.5)
+                continue
+            if not self._write_batch(docs):
+                return  # abandoned while the archive was away: the spool keeps the rest
+            with self._done:
+                self._position = after
+                self._done.notify_all()
+            self.spool.release(after)
+
+    def _write_batch(self, docs: list[tuple[str, dict]]) -> bool:
+        """Write ``docs`` (merged); on an outage, wait and write them again (the sink skips
+        what already landed). False if told to give up."""
+        delay = self.retry
         while True:
-            batch = [self._queue.get()]
-            while not self._queue.empty():  # take everything queued: one append per stream
-                batch.append(self._queue.get_nowait())
             try:
-                for name, doc in _merge_pages(batch):
-                    if name == "close":
-                        return
+                for name, doc in _merge_pages(docs):
                     self._write(name, doc)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            except Exception as exc:  # noqa: BLE001
+                if not _unreachable(exc):
+                    raise
+                if self.unavailable_since is None:
+                    self.outages += 1
+                    self.unavailable_since = time.time()
+                    log.warning("archive unreachable (%s); spooling to %s", exc,
+                                self.spool.directory)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                _resync(self.sink)
+                if self._abandon.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.unavailable_since is not None:
+                log.warning("archive back after %.1f s; spool replayed",
+                            time.time() - self.unavailable_since)
+                self.unavailable_since = None
+            return True
 
     def _write(self, name: str, doc: dict) -> None:
         try:
             self.sink(name, doc)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if _unreachable(exc):
+                raise
             self.errors += 1
-            log.exception("archive write of %s failed", name)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the archive refused a %s document; kept in rejected.jsonl", name)
+            with open(self.spool.directory / "rejected.jsonl", "ab") as f:
+                f.write(encode(name, doc))
             return
         if name == "event_page":
             self.written += len(doc["seq_num"])
         if self.on_written is not None:
             self.on_written(name, doc)
 
-    def join(self) -> None:
-        """Wait until every queued document is written."""
-        self._queue.join()
+    # -- waiting and closing ---------------------------------------------------------------
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every document given so far is in the archive; False on timeout."""
+        end = self.spool.end
+        with self._done:
+            return self._done.wait_for(
+                lambda: self._position >= end or not self._thread.is_alive(), timeout
+            )
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Bytes in the spool not yet in the archive."""
+        with self._done:
+            position = self._position
+        return self.spool.pending_bytes(position)
 
-    def close(self) -> None:
-        """Write what is queued, then stop the thread."""
-        self._queue.put(("close", {}))
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is spooled, for up to ``timeout`` seconds while the archive is away;
+        then stop the thread. What is not written stays in the spool for the next start."""
+        if self._abandon.is_set():
+            return
+        self._closing.set()
+        if not self.join(timeout):
+            log.warning("archive unreachable at close: %d bytes stay in the spool %s",
+                        self.backlog, self.spool.directory)
+        self._abandon.set()
         self._thread.join()
+        self.spool.close(drained=self._position >= self.spool.end)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The archive could not be reached or failed inside (try again), as opposed to
+    refusing the document (4xx, bad data: trying again would fail again)."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code == 429
+    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from pymongo.errors import ConnectionFailure
+    except ImportError:
+        return False
+    return isinstance(exc, ConnectionFailure)
+
+
+def _resync(sink) -> None:
+    resync = getattr(sink, "resync", None)
+    if resync is not None:
+        resync()
 
 
 def _merge_pages(batch: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:

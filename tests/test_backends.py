@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import os
 import secrets
 import threading
@@ -27,8 +26,6 @@ from tiled.client import from_uri as tiled_from_uri
 from catalog.backends import ArchiveUnavailable, drop_mock, open_backend, redact
 from catalog.migrate import migrate, served
 from catalog.query import Archive, QueryError, UnknownObjectError
-from catalog.server import TiledServer, warden_app
-from catalog.writer import QueuedWriter
 from plans.clock import Clock
 from warden.config import WardenConfig
 from warden.service import WardenService
@@ -122,8 +119,9 @@ def archive_uri(request, tmp_path):
 
 
 # -- the service on a backend ----------------------------------------------------------------------
-def sim_config() -> WardenConfig:
+def sim_config(spool) -> WardenConfig:
     return WardenConfig.model_validate({
+        "spool": str(spool),
         "timezone": ZONE.key,
         "objects": [
             {"name": "yi2-wcm3", "type": "WcmControl", "source": "sim", "mode": "monitor"},
@@ -133,38 +131,13 @@ def sim_config() -> WardenConfig:
     })
 
 
-class BackendService(WardenService):
-    """``WardenService`` with its archive pieces taken from a backend: what ``start`` does
-    once it calls ``open_backend`` (used only while ``WardenService`` takes no backend)."""
-
-    def __init__(self, config, backend, **kwargs):
-        super().__init__(config, **kwargs)
-        self.backend = backend
-
-    def start(self) -> str:
-        app = warden_app(
-            self.backend.tree, self.latest, self.config.zone.key, self.api_key, self.public
-        )
-        self.server = TiledServer(app, host=self.config.serve.host, port=self.port)
-        self.url = self.server.start()
-        sink = self.backend.sink(self.url, self.api_key)
-        self.writer = QueuedWriter(sink, on_written=self.latest.archived)
-        return self.url
-
-
-def make_service(config, backend, clock) -> WardenService:
-    if "backend" in inspect.signature(WardenService).parameters:
-        return WardenService(config, clock=clock, port=0, backend=backend)
-    return BackendService(config, backend, clock=clock, port=0)
-
-
 @contextlib.contextmanager
 def run_service(uri: str, data_dir, start: dt.datetime, seconds: float):
     """Run the sim service on archive ``uri`` for ``seconds`` from clock time ``start``;
     yield (service, its served Archive) while the server still runs."""
     backend = open_backend(uri, data_dir=data_dir)
     clock = Clock(ZONE)
-    service = make_service(sim_config(), backend, clock)
+    service = WardenService(sim_config(data_dir / "spool"), clock=clock, port=0, backend=backend)
     service.sim.update_period = 0.25
     try:
         service.start()

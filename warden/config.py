@@ -129,6 +129,7 @@ class WardenConfig(Strict):
     """The whole configuration file."""
 
     archive: str = "sqlite:///warden-data/archive.db"
+    spool: Path | None = None  # write-ahead spool directory; default: <archive dir>/spool
     timezone: str | None = None
     flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.5
     serve: ServeConfig = ServeConfig()

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import threading
+from pathlib import Path
 
 from bluesky import RunEngine
 from tiled.client import from_uri as tiled_from_uri
@@ -20,7 +21,7 @@ from catalog.backends import Backend, open_backend
 from catalog.latest import LatestStore
 from catalog.query import Archive
 from catalog.server import TiledServer, warden_app
-from catalog.writer import QueuedWriter
+from catalog.writer import SpooledWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
@@ -108,7 +109,7 @@ class WardenService:
         self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
         self.latest = LatestStore([d.name for d in self.devices])
         self.server: TiledServer | None = None
-        self.writer: QueuedWriter | None = None
+        self.writer: SpooledWriter | None = None
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
             if config.ascii else None
@@ -125,9 +126,16 @@ class WardenService:
         log_dir = self.backend.data_dir  # server.log and access.log beside the archive
         self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
         self.url = self.server.start()
-        self.writer = QueuedWriter(self.backend.sink(self.url, self.api_key),
-                                   on_written=self.latest.archived)
+        self.writer = SpooledWriter(self.backend.sink(self.url, self.api_key), self.spool_dir,
+                                    on_written=self.latest.archived)
         return self.url
+
+    @property
+    def spool_dir(self) -> Path:
+        """``spool`` from the config, else ``spool/`` beside the archive."""
+        if self.config.spool is not None:
+            return self.config.spool
+        return Path(self.backend.data_dir or "warden-data") / "spool"
 
     def run(self) -> None:
         """Run the monitoring plan until :meth:`stop` (blocks the calling thread)."""
