@@ -494,3 +494,42 @@ def test_passwords_never_show():
         "mongodb://w:***@m1:27017,m2/db?authSource=admin"
     )
     assert redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+def test_documents_written_again_land_once(archive_uri, tmp_path, monkeypatch):
+    """What a replay of the spool does after a crash: a new writer is given documents of which
+    some are already in the archive, one page of them only partly (its table but not its
+    array); every reading still lands exactly once."""
+    import catalog.writer
+
+    runs = synthetic_runs()
+    docs = [d for run in runs for d in run]
+    backend = open_backend(archive_uri, data_dir=tmp_path / "arrays")
+    real, calls = catalog.writer._Stream._append_array, []
+
+    def cut_short(self, key, array):  # the archive goes away between table and array
+        calls.append(key)
+        if len(calls) == 2:
+            raise ConnectionError("archive went away")
+        return real(self, key, array)
+
+    try:
+        with served(backend, objects=["gauge", "wcm", "idle"]) as (url, key):
+            monkeypatch.setattr(catalog.writer._Stream, "_append_array", cut_short)
+            crashed = backend.sink(url, key)
+            with pytest.raises(ConnectionError) if "mongo" not in archive_uri else \
+                    contextlib.nullcontext():
+                for name, doc in docs[: 2 * len(docs) // 3]:
+                    crashed(name, doc)
+            monkeypatch.undo()
+            for _ in range(2):  # replayed after a restart, then once more
+                again = backend.sink(url, key)
+                for name, doc in docs:
+                    again(name, doc)
+            archive = Archive(tiled_from_uri(url, api_key=key), zone=ZONE)
+            assert len(list(archive.catalog)) == len(runs)
+            for stream in ("gauge", "wcm"):
+                assert_frames_equal(archive.day(stream, "2001-11-06"), expected_day(runs, stream))
+            assert len(archive.connections("gauge", "2001-11-06")) == 6
+    finally:
+        backend.close()
