@@ -30,11 +30,16 @@ def _free_port() -> int:
 
 IOC_PORT = _free_port()  # the shared, always-running simulated machine (no PV prefix)
 KILL_PORT = _free_port()  # an IOC the tests kill and restart (PV prefix "k:")
+REPEATER_PORT = _free_port()  # beacons: IOCs -> this session's CA repeater -> clients
 os.environ.update(
     EPICS_CA_ADDR_LIST=f"127.0.0.1:{IOC_PORT} 127.0.0.1:{KILL_PORT}",
     EPICS_CA_AUTO_ADDR_LIST="NO",
     EPICS_CA_SERVER_PORT=str(IOC_PORT),
     EPICS_CA_CONN_TMO="2",
+    EPICS_CA_REPEATER_PORT=str(REPEATER_PORT),
+    EPICS_CAS_BEACON_PORT=str(REPEATER_PORT),
+    EPICS_CAS_BEACON_ADDR_LIST="127.0.0.1",
+    EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +101,18 @@ def caget(pvname: str, timeout: float = 5.0) -> tuple[object, float]:
     assert lines, out.stdout + out.stderr
     value, ts = json.loads(lines[-1])
     return value, ts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ca_repeater():
+    """This session's CA repeater on loopback (the service would start a detached one)."""
+    from warden_devices.repeater import ensure_repeater
+
+    proc = ensure_repeater()
+    yield
+    if proc is not None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

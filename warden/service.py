@@ -27,6 +27,7 @@ from plans.clock import Clock
 from plans.exchange import Exchange
 from plans.monitor import light_page_validation, monitor_objects
 from warden_devices.build import build_derived, build_device, build_source, build_target
+from warden_devices.repeater import ensure_repeater
 from warden_devices.sim import SimUpstream
 
 from .config import ConfigError, WardenConfig
@@ -120,6 +121,10 @@ class WardenService:
         """Open the archive and start serving it; return the server's base URL."""
         if self.backend is None:
             self.backend = open_backend(self.config.archive)
+        uses_ca = [o for o in self.config.objects if o.source == "epics"] + [
+            e for e in self.config.exchange if e.protocol == "epics"]
+        if uses_ca:
+            ensure_repeater()  # so channels of a restarted IOC reconnect at once
         control = control_router(self.runner, self.api_key, self.public, list(self.discovered))
         app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
                          self.public, routers=[control])
