@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 FIGURES = ["ingest", "latest", "day", "memory", "storage", "ca"]
+EXTRA = ["load"]  # by name only: the reliability load run (10 minutes at full size)
 ALIASES = {"day-read": "day", "day_read": "day", "real-ca": "ca", "realca": "ca"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,13 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, help="day: rows in the day (default 864000)")
     p.add_argument("--ca-objects", type=int, help="ca: synthetic IOC objects")
     p.add_argument("--ca-duration", type=float, help="ca: seconds per side")
+    p.add_argument("--load-duration", type=float, help="load: seconds of ingest under clients")
+    p.add_argument("--load-objects", type=int, help="load: objects (default 1000; quick 100)")
+    p.add_argument("--load-rate", type=float,
+                   help="load: values/s offered in all (default 20000; quick 5000)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-storage", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = [ALIASES.get(n, n) for n in args.names] or list(FIGURES)
     for n in names:
-        if n not in FIGURES:
-            p.error(f"unknown figure {n!r} (known: {', '.join(FIGURES)})")
+        if n not in FIGURES + EXTRA:
+            p.error(f"unknown figure {n!r} (known: {', '.join(FIGURES + EXTRA)})")
     if args.child:
         return _child(names[0], args)
 
@@ -115,7 +120,8 @@ def _passthrough(argv: list[str]) -> list[str]:
     """The options of this command line, without the figure names."""
     out, skip = [], False
     takes_value = {"--results-dir", "--sizes", "--duration", "--naive-duration", "--values",
-                   "--objects", "--rows", "--ca-objects", "--ca-duration"}
+                   "--objects", "--rows", "--ca-objects", "--ca-duration", "--load-duration",
+                   "--load-objects", "--load-rate"}
     for a in argv:
         if skip:
             out.append(a)
@@ -150,6 +156,11 @@ def _child(name: str, args) -> int:
         from .latest import figure_latest
 
         figure_latest(args.quick, objects=args.objects)
+    elif name == "load":
+        from .load import figure_load
+
+        figure_load(args.quick, objects=args.load_objects, duration=args.load_duration,
+                    rate=args.load_rate)
     elif name == "day":
         from .dayread import figure_day
 
