@@ -27,7 +27,7 @@ from tiled.client import from_uri as tiled_from_uri
 from tiled.queries import In, Key
 
 MAX_RANGE_DAYS = 366
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits, no trailing newline
 
 
 class QueryError(ValueError):
@@ -55,6 +55,10 @@ def parse_day(text: str | dt.date) -> dt.date:
 def parse_time(text: str | float | dt.datetime, zone: ZoneInfo | None = None) -> float:
     """A day (its local midnight), a local ISO date-time, or UNIX seconds, as UNIX seconds."""
     if isinstance(text, int | float):
+        try:  # a time of the years 1 to 9999, as the archive's days are
+            dt.datetime.fromtimestamp(float(text), dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            raise QueryError(f"time {text!r} is out of range") from None
         return float(text)
     if isinstance(text, dt.datetime):
         when = text
@@ -67,9 +71,12 @@ def parse_time(text: str | float | dt.datetime, zone: ZoneInfo | None = None) ->
             raise QueryError(
                 f"malformed time {text!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
             ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=zone) if zone else when.astimezone()
-    return when.timestamp()
+    try:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=zone) if zone else when.astimezone()
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):  # e.g. 9999-12-31T23:00-05:00 is year 10000
+        raise QueryError(f"time {text!r} is out of range") from None
 
 
 class Archive:
@@ -145,14 +152,19 @@ class Archive:
         t0, t1 = parse_time(start, self.zone), parse_time(end, self.zone)
         if t1 <= t0:
             raise QueryError(f"range end {end!r} is not after its start {start!r}")
-        first = dt.datetime.fromtimestamp(t0, self.zone).date()
-        last = dt.datetime.fromtimestamp(t1, self.zone).date()
+        try:
+            first = dt.datetime.fromtimestamp(t0, self.zone).date()
+            last = dt.datetime.fromtimestamp(t1, self.zone).date()
+        except (OverflowError, ValueError, OSError):  # local day before year 1 or after 9999
+            raise QueryError(f"range {start!r} to {end!r} is out of range") from None
         n = (last - first).days + 1
         if n > MAX_RANGE_DAYS:
             raise QueryError(f"range spans {n} days; ask for at most {MAX_RANGE_DAYS} at a time")
         days = [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
         df = self._read(obj, days)
-        stamps = df["time"].map(lambda t: t.timestamp()) if len(df) else df["time"]
+        if df.empty:  # no run on those days (its datetimes do not compare with seconds)
+            return df
+        stamps = df["time"].map(lambda t: t.timestamp())
         return df[(stamps >= t0) & (stamps < t1)].reset_index(drop=True)
 
     def connections(self, obj: str, day: str | dt.date) -> pd.DataFrame:
@@ -198,7 +210,7 @@ class Archive:
             raise UnknownObjectError(f"unknown object {obj!r}")
         frames, data_keys = [], {}
         for run in self._runs([parse_day(day).isoformat()]):
-            if obj not in run:
+            if obj not in list(run):  # a stream of the run, not a path ('a/b', '..', '')
                 continue
             start = run.metadata["start"]
             df, keys = self._raw_stream(run[obj])
@@ -285,12 +297,16 @@ class Archive:
         position = {c: i for i, c in enumerate(table.columns)}
         keys = [k for k in stream.metadata["data_keys"] if f"ts_{k}" in position]
         keys.sort(key=lambda k: position[f"ts_{k}"])
+        arrays = {k: node[k] for k in keys if k not in position}  # array nodes of their own
+        # the writer appends a page's table rows, then its arrays: show the complete rows
+        rows = min([len(table), *(a.shape[0] for a in arrays.values())])
+        table = table.iloc[:rows]
         columns: dict[str, Any] = {}
         for key in keys:
             if key in position:
                 columns[key] = table[key].reset_index(drop=True)
-            else:  # an array in a node of its own, written before the table rows
-                columns[key] = list(np.asarray(node[key][: len(table)]))
+            else:
+                columns[key] = list(np.asarray(arrays[key][:rows]))
         stamps = {k: table[f"ts_{k}"].reset_index(drop=True) for k in keys}
         return keys, columns, stamps
 

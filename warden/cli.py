@@ -115,6 +115,11 @@ def cmd_export_ascii(args) -> int:
     from catalog.ascii import day_file_name, export_day
 
     archive = _archive(args)
+    if args.object is not None:  # a stream of that day may be an object no longer configured
+        if args.object not in archive.objects() + archive.streams(args.date):
+            from catalog.query import UnknownObjectError
+
+            raise UnknownObjectError(f"unknown object {args.object!r}")
     text = export_day(archive, args.date, object=args.object, zone=archive.zone)
     if args.output == "-":
         sys.stdout.write(text)

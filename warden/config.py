@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_DEPTH = 32  # levels of nested lists and mappings
 GENERIC = "generic"
 ARCHIVE_SCHEMES = ("sqlite", "postgresql", "mongodb")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
@@ -124,6 +125,8 @@ class PluginConfig(Strict):
     interval: Seconds | None = None
     offset: Annotated[float, Field(ge=0, le=86400)] | None = None
 
+    _name = field_validator("name")(_check_name)  # served and archived as an object's name
+
 
 class WardenConfig(Strict):
     """The whole configuration file."""
@@ -157,7 +160,7 @@ class WardenConfig(Strict):
         if value is not None:
             try:
                 ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder's name
                 raise ValueError(f"unknown timezone {value!r}") from None
         return value
 
@@ -177,9 +180,14 @@ class WardenConfig(Strict):
     @model_validator(mode="after")
     def _plugin_names_free(self) -> WardenConfig:
         objects = {o.name for o in self.objects}
+        seen: dict[str, int] = {}
         for i, p in enumerate(self.plugins):
             if p.name in objects:
                 raise ValueError(f"plugins[{i}].name: {p.name!r} is already an object's name")
+            if p.name in seen:
+                raise ValueError(f"plugins[{i}].name: duplicate plugin name {p.name!r} "
+                                 f"(first at plugins[{seen[p.name]}])")
+            seen[p.name] = i
         return self
 
     @property
@@ -203,13 +211,23 @@ class WardenConfig(Strict):
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """A safe loader that refuses YAML aliases (and so alias 'bombs')."""
+    """A safe loader that refuses YAML aliases (and so alias 'bombs') and deep nesting."""
+
+    depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases are not allowed")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_CONFIG_DEPTH:  # the composer recurses once per level
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(f"line {line}: the config is nested too deeply "
+                              f"(more than {MAX_CONFIG_DEPTH} levels)")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def parse_config(text: str) -> WardenConfig:
@@ -251,9 +269,10 @@ _MESSAGES = {
 }
 
 
-def _describe(err: ValidationError, data: dict) -> str:
+def _describe(err: ValidationError, data: dict, most: int = 20) -> str:
     lines = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:most]:
         loc = list(e["loc"])
         path = ""
         for part in loc:
@@ -264,7 +283,8 @@ def _describe(err: ValidationError, data: dict) -> str:
             else:
                 path += f".{part}" if path else str(part)
         if len(loc) >= 2 and loc[0] == "objects" and isinstance(loc[1], int):
-            obj = (data.get("objects") or [])[loc[1]]
+            objects = data.get("objects")
+            obj = objects[loc[1]] if isinstance(objects, list) else None  # not a !!set
             if isinstance(obj, dict) and isinstance(obj.get("name"), str):
                 path = path.replace(f"objects[{loc[1]}]", f"objects[{loc[1]}] ({obj['name']!r})", 1)
         template = _MESSAGES.get(e["type"])
@@ -276,4 +296,6 @@ def _describe(err: ValidationError, data: dict) -> str:
             lines.append(msg)
         else:
             lines.append(f"{path}: {msg}" if path else msg)
+    if len(errors) > most:  # a giant list of bad items: not a giant message
+        lines.append(f"... and {len(errors) - most} more errors")
     return "\n".join(lines)
