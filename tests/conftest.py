@@ -74,7 +74,14 @@ class SimIOC:
         )
         line = self.proc.stdout.readline()
         assert "serving" in line, line
-        return self
+        deadline = time.monotonic() + 30  # "serving" is printed before the sockets are bound
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, "IOC not up"
+                time.sleep(0.05)
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -58,7 +58,7 @@ def exchange_rows(svc):
 
 
 def test_local_change_reaches_rhic_and_unchanged_values_are_not_rewritten(service):
-    wait_for(lambda: exchange_rows(service) == [("ON", True)], timeout=15)
+    wait_for(lambda: exchange_rows(service) == [("ON", True)], timeout=40)
     caput(service.pv(LOCAL), "STANDBY")
     # within a period, plus a flush and the time caget takes to start
     wait_for(lambda: caget(service.pv(TARGET))[0] == "STANDBY", timeout=5)
@@ -70,7 +70,7 @@ def test_local_change_reaches_rhic_and_unchanged_values_are_not_rewritten(servic
 
 
 def test_rejected_put_is_recorded_and_monitoring_continues(service):
-    wait_for(lambda: exchange_rows(service), timeout=15)
+    wait_for(lambda: exchange_rows(service), timeout=40)
     caput(service.pv(LOCAL), "MELTED")  # the RHIC side accepts ON, OFF, STANDBY, RAMPING only
     wait_for(lambda: sum(1 for v, ok in exchange_rows(service) if v == "MELTED" and not ok) >= 2,
              timeout=20)  # recorded, and retried at the next period
