@@ -135,9 +135,15 @@ class SQLBackend:
     def sink(self, url: str, api_key: str) -> Sink:
         from tiled.client import from_uri
 
+        from .direct import DirectTables
         from .writer import TiledRunSink
 
-        return TiledRunSink(from_uri(url, api_key=api_key)["archive"])
+        if self.kind == "sqlite":
+            path = Path(self.uri.split("://", 1)[1][1:]).resolve()
+            tables = f"sqlite:///{path.with_suffix('.tables.db')}"
+        else:
+            tables = "postgresql://" + self.uri.split("://", 1)[1]  # ADBC takes no +driver
+        return TiledRunSink(from_uri(url, api_key=api_key)["archive"], DirectTables(tables))
 
     def describe(self) -> str:
         if self.kind == "sqlite":

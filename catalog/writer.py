@@ -26,6 +26,7 @@ import pyarrow as pa
 from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
+from .direct import DirectTables
 from .spool import Spool, encode
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ class TiledRunSink:
     :meth:`resync` so the next page asks the archive what it holds.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, direct: DirectTables | None = None):
         self.root = root
+        self.direct = direct  # append table rows straight into the SQL storage
         self._runs: dict[str, Any] = {}
         self._fresh: set[str] = set()  # runs this sink made and nothing failed since
         self._streams: dict[str, _Stream] = {}  # by descriptor uid
@@ -67,7 +69,7 @@ class TiledRunSink:
         run = self._runs[doc["run_start"]]
         if doc["run_start"] not in self._fresh and doc["name"] in run:
             self._streams[doc["uid"]] = _Stream(run[doc["name"]].base, doc["data_keys"],
-                                                 known=False)
+                                                 known=False, direct=self.direct)
             return
         md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
         node = run.create_container(
@@ -75,7 +77,7 @@ class TiledRunSink:
             metadata=md,
             specs=[Spec("BlueskyEventStream", version="3.0"), Spec("composite")],
         ).base
-        self._streams[doc["uid"]] = _Stream(node, doc["data_keys"])
+        self._streams[doc["uid"]] = _Stream(node, doc["data_keys"], direct=self.direct)
 
     def event_page(self, doc: dict) -> None:
         self._streams[doc["descriptor"]].append(doc)
@@ -103,8 +105,11 @@ class _Stream:
     the arrays behind the table, never ahead.
     """
 
-    def __init__(self, node, data_keys: dict[str, dict], known: bool = True):
+    def __init__(self, node, data_keys: dict[str, dict], known: bool = True,
+                 direct: DirectTables | None = None):
         self.node = node
+        self.direct = direct
+        self.where = None  # the table's location in the SQL storage, for direct appends
         self.data_keys = data_keys
         self.array_keys = [k for k, dk in data_keys.items() if dk["dtype"] == "array"]
         self.table = None
@@ -149,7 +154,12 @@ class _Stream:
             self.table = self.node.create_appendable_table(
                 schema=table.schema, key="internal", metadata=md
             )
-        self.table.append_partition(0, table)
+        if self.direct is None:
+            self.table.append_partition(0, table)
+            return
+        if self.where is None:
+            self.where = self.direct.location(self.table)
+        self.direct.append(self.where, table)
 
     def _schema(self, columns: dict[str, Any]) -> pa.Schema:
         """Column types from the data keys, so a page of whole numbers stays a float column."""
@@ -338,6 +348,8 @@ def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    if type(exc).__name__ == "OperationalError":  # ADBC (direct appends): server gone, busy
         return True
     try:
         from pymongo.errors import ConnectionFailure
