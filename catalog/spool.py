@@ -77,7 +77,6 @@ class Spool:
         self._segment = (found[-1] if found else 0) + 1  # never append to an old segment
         self._fd = self._open(self._segment)
         self._end = Position(self._segment, 0)
-        self.replayed = len(found)  # segments left by an earlier process
 
     # -- appending -------------------------------------------------------------------------
     def append(self, name: str, doc: dict) -> Position:
@@ -126,11 +125,6 @@ class Spool:
         """Wait until something is appended after ``after``; False on timeout."""
         with self._lock:
             return self._lock.wait_for(lambda: self._end > after, timeout)
-
-    def sync(self) -> None:
-        """Flush the open segment to the disk (power-loss safety; a crash needs no sync)."""
-        with self._lock:
-            os.fsync(self._fd)
 
     def close(self, drained: bool = False) -> None:
         """Close the open segment; remove it if ``drained`` (all of it is in the archive)."""

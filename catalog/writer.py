@@ -349,7 +349,9 @@ def _unreachable(exc: BaseException) -> bool:
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True
-    if type(exc).__name__ == "OperationalError":  # ADBC (direct appends): server gone, busy
+    from adbc_driver_manager import OperationalError  # direct appends: server gone, busy
+
+    if isinstance(exc, OperationalError):
         return True
     try:
         from pymongo.errors import ConnectionFailure

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sim_config
 from event_model import compose_run
 from tiled.client import from_uri as tiled_from_uri
 
@@ -27,7 +28,6 @@ from catalog.backends import ArchiveUnavailable, drop_mock, open_backend, redact
 from catalog.migrate import migrate, served
 from catalog.query import Archive, QueryError, UnknownObjectError
 from plans.clock import Clock
-from warden.config import WardenConfig
 from warden.service import WardenService
 from warden_devices.machine import N_BUCKETS
 
@@ -119,25 +119,14 @@ def archive_uri(request, tmp_path):
 
 
 # -- the service on a backend ----------------------------------------------------------------------
-def sim_config(spool) -> WardenConfig:
-    return WardenConfig.model_validate({
-        "spool": str(spool),
-        "timezone": ZONE.key,
-        "objects": [
-            {"name": "yi2-wcm3", "type": "WcmControl", "source": "sim", "mode": "monitor"},
-            {"name": "ring-yellow", "type": "ringSpec", "source": "sim", "period": 1,
-             "offset": 0.2},
-        ],
-    })
-
-
 @contextlib.contextmanager
 def run_service(uri: str, data_dir, start: dt.datetime, seconds: float):
     """Run the sim service on archive ``uri`` for ``seconds`` from clock time ``start``;
     yield (service, its served Archive) while the server still runs."""
     backend = open_backend(uri, data_dir=data_dir)
     clock = Clock(ZONE)
-    service = WardenService(sim_config(data_dir / "spool"), clock=clock, port=0, backend=backend)
+    config = sim_config(data_dir, spool=str(data_dir / "spool"))  # archive: the backend given
+    service = WardenService(config, clock=clock, port=0, backend=backend)
     service.sim.update_period = 0.25
     try:
         service.start()
