@@ -1,17 +1,19 @@
 """Load: the service ingesting while clients hammer ``latest`` and ``day`` over loopback.
 
 The real service with N ``generic`` sim objects x M attributes, driven at R values/s by the
-ingest driver (:mod:`benchmarks.ingest`). Two client threads, each with its own keep-alive
-connection, loop without pause: one asks ``GET /api/v1/metadata/latest/<random object>``,
-the other reads a random object's whole day through the Tiled Python client
-(``Archive.day``). The same clients run for ``idle`` seconds before the load (the
-reference, same server, same process) and the HTTP p99 under load is reported against it.
+ingest driver (:mod:`benchmarks.ingest`). Two clients, each a process of its own with its own
+keep-alive connection, loop without pause: one asks
+``GET /api/v1/metadata/latest/<random object>``, the other reads a random object's whole day
+through the Tiled Python client (``Archive.day``). The same clients run for ``idle`` seconds
+before the load (the reference, same server) and the HTTP p99 under load is reported
+against it.
 Readings are counted as in the ingest figure: offered puts against distinct archived values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import random
 import tempfile
 import threading
@@ -28,54 +30,66 @@ HEADERS = {"Authorization": f"Apikey {API_KEY}"}
 
 
 class Clients:
-    """The two hammering clients; :meth:`run` collects latencies until the event is set."""
+    """The two hammering clients, each in a process of its own (as real clients are: in the
+    service's process they would take its GIL, and their waits would show as the server's).
+
+    :meth:`run` collects latencies until ``seconds`` pass or ``stop`` is set.
+    """
 
     def __init__(self, url: str, n: int):
-        self.url, self.names = url, object_names(n)
+        self.url, self.n = url, n
 
     def run(self, seconds: float | None, stop: threading.Event | None = None
             ) -> dict[str, list[float]]:
         stop = stop or threading.Event()
-        times: dict[str, list[float]] = {"latest": [], "day": []}
-        errors: list[str] = []
-        threads = [threading.Thread(target=self._latest, args=(stop, times["latest"], errors)),
-                   threading.Thread(target=self._day, args=(stop, times["day"], errors))]
-        for t in threads:
-            t.start()
-        if seconds is not None:
-            stop.wait(seconds)
-            stop.set()
-        for t in threads:
-            t.join()
+        ctx = multiprocessing.get_context("spawn")
+        halt = ctx.Event()
+        pipes = {kind: ctx.Pipe(duplex=False) for kind in ("latest", "day")}
+        procs = [ctx.Process(target=_client, args=(kind, self.url, self.n, halt, pipes[kind][1]),
+                             daemon=True) for kind in pipes]
+        for p in procs:
+            p.start()
+        stop.wait(seconds)
+        halt.set()
+        answers = {kind: pipes[kind][0].recv() for kind in pipes}
+        for p in procs:
+            p.join(timeout=30)
+        errors = [e for times, errs in answers.values() for e in errs]
         if errors:
             raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
-        return times
+        return {kind: times for kind, (times, _) in answers.items()}
 
-    def _latest(self, stop, out: list[float], errors: list[str]) -> None:
+
+def _client(kind: str, url: str, n: int, halt, pipe) -> None:
+    """One client process: ask without pause until ``halt``; send (latencies, errors)."""
+    names = object_names(n)
+    times: list[float] = []
+    errors: list[str] = []
+    if kind == "latest":
         with httpx.Client(headers=HEADERS, trust_env=False) as client:
-            while not stop.is_set():
-                name = random.choice(self.names)
+            while not halt.is_set():
+                name = random.choice(names)
                 t0 = time.perf_counter()
-                r = client.get(f"{self.url}/api/v1/metadata/latest/{name}")
-                out.append(time.perf_counter() - t0)
+                r = client.get(f"{url}/api/v1/metadata/latest/{name}")
+                times.append(time.perf_counter() - t0)
                 if r.status_code != 200:
                     errors.append(f"latest {name}: {r.status_code}")
-
-    def _day(self, stop, out: list[float], errors: list[str]) -> None:
+    else:
         from tiled.client import from_uri
 
         from catalog.query import Archive
 
-        archive = Archive(from_uri(self.url, api_key=API_KEY))
+        archive = Archive(from_uri(url, api_key=API_KEY))
         today = dt.datetime.now(dt.UTC).date().isoformat()
-        while not stop.is_set():
-            name = random.choice(self.names)
+        while not halt.is_set():
+            name = random.choice(names)
             t0 = time.perf_counter()
             try:
                 archive.day(name, today)
             except Exception as err:  # noqa: BLE001 - counted, reported
                 errors.append(f"day {name}: {err!r}")
-            out.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
+    pipe.send((times, errors))
 
 
 def run_load(n: int, m: int, rate: float, seconds: float, idle: float,

@@ -325,3 +325,20 @@ class LatestFastPath:
                     await self.route.handle({**scope, **child_scope}, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def read_only_routes() -> list[Route]:
+    """405 for every write to ``/latest`` and below: it shows what the warden reads upstream.
+
+    (Tiled answers a POST there with a 500, as its read-only ``MapAdapter`` cannot create
+    nodes; insert these ahead of Tiled's routes.)
+    """
+
+    async def refuse(request: Request) -> Response:
+        return JSONResponse({"detail": "latest is read-only: it shows what the warden reads "
+                                       "upstream"}, status_code=405)
+
+    methods = ["POST", "PUT", "PATCH", "DELETE"]
+    return [Route(f"/api/v1/{kind}/latest{{rest:path}}", refuse, methods=methods)
+            for kind in ("metadata", "register")]
+

@@ -236,12 +236,15 @@ class Archive:
         position = {c: i for i, c in enumerate(table.columns)}
         keys = [k for k in described if f"ts_{k}" in position]
         keys.sort(key=lambda k: position[f"ts_{k}"])
+        arrays = {k: _child(node, k) for k in keys if k not in position}  # as _sql_columns
+        rows = min([len(table), *(0 if a is None else a.shape[0] for a in arrays.values())])
+        table = table.iloc[:rows]
         columns: dict[str, Any] = {"seq_num": table["seq_num"], "time": table["time"]}
         for key in keys:
             if key in position:
                 columns[key] = table[key]
             else:  # an array node, sliced: a full read races concurrent appends
-                columns[key] = list(np.asarray(node[key][: len(table)]))
+                columns[key] = list(np.asarray(arrays[key][:rows])) if rows else []
         columns.update({f"ts_{k}": table[f"ts_{k}"] for k in keys})
         return pd.DataFrame(columns), {k: described[k] for k in keys}
 
@@ -297,16 +300,17 @@ class Archive:
         position = {c: i for i, c in enumerate(table.columns)}
         keys = [k for k in stream.metadata["data_keys"] if f"ts_{k}" in position]
         keys.sort(key=lambda k: position[f"ts_{k}"])
-        arrays = {k: node[k] for k in keys if k not in position}  # array nodes of their own
-        # the writer appends a page's table rows, then its arrays: show the complete rows
-        rows = min([len(table), *(a.shape[0] for a in arrays.values())])
+        arrays = {k: _child(node, k) for k in keys if k not in position}  # nodes of their own
+        # the writer appends a page's table rows, then its arrays (creating an array's node
+        # with its first page): show the complete rows
+        rows = min([len(table), *(0 if a is None else a.shape[0] for a in arrays.values())])
         table = table.iloc[:rows]
         columns: dict[str, Any] = {}
         for key in keys:
             if key in position:
                 columns[key] = table[key].reset_index(drop=True)
             else:
-                columns[key] = list(np.asarray(arrays[key][:rows]))
+                columns[key] = list(np.asarray(arrays[key][:rows])) if rows else []
         stamps = {k: table[f"ts_{k}"].reset_index(drop=True) for k in keys}
         return keys, columns, stamps
 
@@ -352,6 +356,14 @@ class Archive:
     @property
     def _zone_name(self) -> str:
         return self.zone.key
+
+
+def _child(node, key: str):
+    """``node[key]``, or None while it does not exist yet."""
+    try:
+        return node[key]
+    except KeyError:
+        return None
 
 
 def _plain(value: Any) -> Any:

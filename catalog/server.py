@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -22,7 +23,7 @@ from tiled.config import Authentication
 from tiled.server.app import build_app
 from tiled.server.logging_config import LOGGING_CONFIG
 
-from .latest import LatestFastPath, LatestStore, latest_route, latest_tree
+from .latest import LatestFastPath, LatestStore, latest_route, latest_tree, read_only_routes
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +49,56 @@ def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None
         data_dir.mkdir(exist_ok=True)
         _write_ahead_log(path.with_suffix(".tables.db"))
         tables = f"sqlite:///{path.with_suffix('.tables.db')}"
-        return catalog_from_uri(
-            f"sqlite:///{path}",
-            writable_storage=[data_dir, tables],
-            init_if_not_exists=init and not catalog_initialized(archive_uri),
-            specs=specs,
-        )
+        if init and not catalog_initialized(archive_uri):
+            init_catalog(f"sqlite:///{path}")
+        return catalog_from_uri(f"sqlite:///{path}", writable_storage=[data_dir, tables],
+                                specs=specs)
     if scheme == "postgresql":
         tables = "postgresql://" + archive_uri.split("://", 1)[1]  # ADBC takes no +driver
         data_dir = Path(data_dir or postgres_data_dir(archive_uri)).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        return catalog_from_uri(
-            archive_uri,
-            writable_storage=[data_dir, tables],
-            init_if_not_exists=init and not catalog_initialized(archive_uri),
-            specs=specs,
-        )
+        if init and not catalog_initialized(archive_uri):
+            init_catalog(archive_uri)
+        return catalog_from_uri(archive_uri, writable_storage=[data_dir, tables], specs=specs)
     raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
+
+
+def init_catalog(uri: str) -> None:
+    """Create Tiled's catalog schema in a database, as ``tiled catalog init`` does.
+
+    Tiled's own ``init_if_not_exists`` runs that command in a new Python process (3-6 s, most
+    of it imports); this does the same two steps in this process, in a thread of their own
+    (both run event loops of their own): create the tables, stamp the alembic revision.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(uri)
+
+    async def create_tables() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    failed: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            asyncio.run(create_tables())
+            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=init, name="warden-catalog-init")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _write_ahead_log(path: Path) -> None:
@@ -87,8 +121,6 @@ def catalog_initialized(archive_uri: str) -> bool:
                 return False
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
                 return db.execute(query).fetchone()[0] > 0
-        import asyncio
-
         import asyncpg
 
         async def count() -> int:
@@ -132,6 +164,7 @@ def warden_app(
         },
         include_routers=list(routers),
     )
+    app.router.routes[:0] = read_only_routes()
     if api_key:  # (without one, Tiled makes up its own key: leave it all to Tiled)
         route = latest_route(store, latest.keys(), api_key, public)
         app.router.routes.insert(0, route)
@@ -175,11 +208,13 @@ class TiledServer:
         log_config["filters"]["redact_keys"] = {"()": RedactKeys}
         for handler in log_config["handlers"].values():
             handler.setdefault("filters", []).append("redact_keys")
-        if log_dir is not None:
+        if log_dir is not None:  # one line per request in access.log, rotated at 50 MB
             for handler, name in (("access", "access.log"), ("default", "server.log")):
                 cfg = log_config["handlers"][handler]
                 cfg.pop("stream", None)
-                cfg.update({"class": "logging.FileHandler", "filename": str(log_dir / name)})
+                cfg.update({"class": "logging.handlers.RotatingFileHandler",
+                            "filename": str(log_dir / name), "maxBytes": 50_000_000,
+                            "backupCount": 4})
         self._server = _ThreadedServer(
             uvicorn.Config(
                 app,
@@ -191,6 +226,8 @@ class TiledServer:
                 log_level="warning",
             )
         )
+        if log_dir is not None:  # uvicorn sets both loggers to log_level: requests are INFO
+            logging.getLogger("uvicorn.access").setLevel(logging.INFO)
         self._thread: threading.Thread | None = None
         self.url = ""
 

@@ -27,6 +27,7 @@ from plans.clock import Clock
 from plans.exchange import Exchange
 from plans.monitor import light_page_validation, monitor_objects
 from warden_devices.build import build_derived, build_device, build_source, build_target
+from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
 from warden_devices.sim import SimUpstream
 
@@ -111,6 +112,7 @@ class WardenService:
         self.latest = LatestStore([d.name for d in self.devices])
         self.server: TiledServer | None = None
         self.writer: SpooledWriter | None = None
+        self.reconnect: ReconnectWatch | None = None
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
             if config.ascii else None
@@ -124,7 +126,9 @@ class WardenService:
         uses_ca = [o for o in self.config.objects if o.source == "epics"] + [
             e for e in self.config.exchange if e.protocol == "epics"]
         if uses_ca:
-            ensure_repeater()  # so channels of a restarted IOC reconnect at once
+            ensure_repeater()  # libca hears of a restarted IOC from its beacons
+            signals = self.devices + [s for ex in self.exchanges for s in (ex.source, ex.target)]
+            self.reconnect = ReconnectWatch(channels_of(signals)).start()  # within a second
         control = control_router(self.runner, self.api_key, self.public, list(self.discovered))
         app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
                          self.public, routers=[control])
@@ -175,6 +179,8 @@ class WardenService:
     def close(self) -> None:
         """Write what is queued, then stop the server and the simulated upstream."""
         self.runner.stop()
+        if self.reconnect is not None:
+            self.reconnect.stop()
         if self.writer is not None:
             self.writer.close()
         if self.ascii is not None:

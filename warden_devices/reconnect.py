@@ -1,0 +1,131 @@
+"""Find a restarted IOC within a second, where libca alone takes up to 8 s.
+
+When an IOC dies, libca puts its channels back to searching with a growing interval. The
+restarted IOC's beacons (through the repeater, see :mod:`.repeater`) move them onto libca's
+"beacon anomaly" search timer, whose period is 2**8 x 32 ms = 8.2 s: monitoring resumes
+0.1-8.2 s after the IOC returns, by chance of that timer's phase (1.4 s and 7.6-9.3 s
+measured). :class:`ReconnectWatch` does what an operator would do: once a second it knocks
+on the TCP port of each IOC that channels lost (a plain connect, closed at once) and, when
+it answers, re-creates those channels, which libca searches for at once (32 ms).
+
+Channels that never connected are left to libca's own search: they have no IOC to knock
+on, and searching them faster would only flood the network.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+
+from epics import ca, dbr
+from ophyd import Device
+from ophyd.signal import EpicsSignalBase
+
+log = logging.getLogger(__name__)
+
+
+def channels_of(signals: Iterable) -> list:
+    """The pyepics PVs behind the EPICS signals among ``signals`` (devices are walked)."""
+    pvs: dict[int, object] = {}
+    for item in signals:
+        leaves = ([w.item for w in item.walk_signals()] if isinstance(item, Device)
+                  else [item])
+        for sig in leaves:
+            if isinstance(sig, EpicsSignalBase):
+                for pv in (sig._read_pv, getattr(sig, "_write_pv", None)):
+                    if pv is not None:
+                        pvs[id(pv)] = pv
+    return list(pvs.values())
+
+
+def recreate_channel(pv) -> None:
+    """Clear a disconnected PV's channel and create it anew under the same PV object, so
+    libca searches for it at once; its monitor is re-made when it connects."""
+    pv._clear_auto_monitor_subscription()  # before the channel: clearing it frees the monitor
+    old = dbr.chid_t(ca._chid_to_int(pv.chid))
+    entry = ca._chid_cache.pop(old.value, None)
+    ca.libca.ca_clear_channel(old)
+    if entry is None:  # pyepics no longer knows it (the PV was disconnected by its owner)
+        return
+    new = dbr.chid_t()
+    ca.PySEVCHK("create_channel", ca.libca.ca_create_channel(
+        ctypes.c_char_p(pv.pvname.encode()), ca._CB_CONNECT, 0, 0, ctypes.byref(new)))
+    with entry.lock:
+        entry.chid = new
+        entry.conn = False
+        ca._chid_cache[new.value] = entry
+    pv.chid = pv._args["chid"] = new
+    ca.libca.ca_replace_access_rights_event(new, ca._CB_ACCESS)
+    ca.flush_io()
+
+
+def answers(host: str, timeout: float = 0.5) -> bool:
+    """Whether ``host:port`` accepts a TCP connection (the IOC's CA server is up)."""
+    name, _, port = host.rpartition(":")
+    try:
+        with socket.create_connection((name, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class ReconnectWatch:
+    """A thread that re-creates the channels of lost PVs once their IOC answers again.
+
+    Parameters
+    ----------
+    pvs
+        The pyepics PVs to watch (see :func:`channels_of`).
+    period
+        Seconds between knocks on each lost IOC.
+    """
+
+    def __init__(self, pvs: list, period: float = 1.0):
+        self.pvs = pvs
+        self.period = period
+        self.recreated = 0  # channels re-created so far
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="warden-reconnect", daemon=True)
+
+    def start(self) -> ReconnectWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def lost(self) -> dict[str, list]:
+        """``{"host:port": [PV, ...]}`` of PVs that were connected and are not now."""
+        by_host = defaultdict(list)
+        for pv in self.pvs:
+            host = pv._args.get("host")
+            if not pv.connected and host and ":" in host:
+                by_host[host].append(pv)
+        return by_host
+
+    def check(self) -> int:
+        """Knock once on each lost IOC; re-create the channels of those that answer."""
+        done = 0
+        for host, pvs in self.lost().items():
+            if self._stop.is_set() or not answers(host):
+                continue
+            for pv in pvs:
+                if not pv.connected:
+                    recreate_channel(pv)
+                    done += 1
+            log.info("%s answers again: re-created %d channels", host, len(pvs))
+        self.recreated += done
+        return done
+
+    def _run(self) -> None:
+        ca.use_initial_context()
+        while not self._stop.wait(self.period):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - keep watching; libca still searches on its own
+                log.exception("reconnect watch")
