@@ -29,9 +29,15 @@ class DirectTables:
 
     @staticmethod
     def location(node) -> Location:
-        """Where Tiled keeps the rows of an appendable table node (its client)."""
-        (source,) = node.data_sources()
-        return source.parameters["table_name"], int(source.parameters["dataset_id"])
+        """Where Tiled keeps the rows of an appendable table node (its client): from the
+        answer that created it when it holds that, else asked of the server."""
+        sources = node.item["attributes"].get("data_sources") or []
+        if len(sources) == 1 and "table_name" in (sources[0].get("parameters") or {}):
+            parameters = sources[0]["parameters"]
+        else:
+            (source,) = node.data_sources()
+            parameters = source.parameters
+        return parameters["table_name"], int(parameters["dataset_id"])
 
     def append(self, where: Location, table: pa.Table) -> None:
         """Append ``table`` (the node's schema) to partition 0 of the node at ``where``."""

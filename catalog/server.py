@@ -215,6 +215,8 @@ class TiledServer:
                 cfg.update({"class": "logging.handlers.RotatingFileHandler",
                             "filename": str(log_dir / name), "maxBytes": 50_000_000,
                             "backupCount": 4})
+                fmt = log_config["formatters"][cfg["formatter"]]  # plain text, with the time
+                fmt.update(use_colors=False, format="%(asctime)s " + fmt["format"])
         self._server = _ThreadedServer(
             uvicorn.Config(
                 app,

@@ -426,5 +426,7 @@ def test_access_log_shows_no_key_sent_as_a_query_parameter(tmp_path):
             httpx.get(f"{url}/api/v1/metadata/latest/yi2-wcm3?{query}", trust_env=False)
     text = (tmp_path / "access.log").read_text()
     assert text.count("/api/v1/metadata/latest/yi2-wcm3?") == 4, text
+    assert "\x1b[" not in text  # plain text, each line with its time
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", x) for x in text.splitlines())
     assert "api_key=***" in text and "x=1&api_key=***&y=2" in text
     assert KEY not in text and WRONG not in text
