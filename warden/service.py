@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 from bluesky import RunEngine
-from tiled.client import from_uri as tiled_from_uri
 
 from catalog.ascii import AsciiDayWriter
 from catalog.backends import Backend, open_backend
@@ -222,7 +221,7 @@ class WardenService:
 
     def archive(self) -> Archive:
         """Query helper on this service's own server."""
-        return Archive(tiled_from_uri(self.url, api_key=self.api_key), zone=self.config.zone)
+        return Archive.from_uri(self.url, api_key=self.api_key, zone=self.config.zone)
 
 
 def _publisher(device):
