@@ -102,7 +102,7 @@ def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
     from catalog.server import TiledServer, sql_catalog, warden_app
 
     rows = rows or (43_200 if quick else 864_000)
-    repeats = 3
+    repeats = 5
     with tempfile.TemporaryDirectory(prefix="bench-day-") as tmp:
         tmp = Path(tmp)
         catalog = sql_catalog(f"sqlite:///{tmp / 'archive.db'}")

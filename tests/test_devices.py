@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -120,3 +121,37 @@ def test_sim_source_devices_follow_the_model():
     assert dev.wcmBeam.get() == pytest.approx(machine.current("yellow", machine.epoch + 300), 0.02)
     assert dev.bunchIntensity.get().shape == (N_BUCKETS,)
     assert dev.read()["yi2-wcm3_wcmBeam"]["timestamp"] == machine.epoch + 300.0
+
+
+def test_reconnect_watch_recreates_lost_channels_once_when_their_ioc_answers():
+    """An IOC that comes back on its port has its lost channels re-created (libca then finds
+    them at once); one that answers but no longer serves them gets them re-created once, not
+    searched for every second."""
+    from warden_devices.reconnect import ReconnectWatch, channels_of
+
+    prefix = fresh_prefix()
+    ioc = SimIOC(KILL_PORT, prefix=prefix).start()
+    devs = devices_from(EXAMPLE, prefix=prefix)[:2]
+    watch = ReconnectWatch(channels_of(devs), period=0.2)
+    n = len(watch.pvs)
+    try:
+        for dev in devs:
+            dev.wait_for_connection(timeout=10)
+        watch.start()
+        ioc.kill()
+        wait_for(lambda: not any(dev.connected for dev in devs), timeout=30)
+        time.sleep(1)  # knocks on a dead port re-create nothing
+        assert watch.recreated == 0
+        other = SimIOC(KILL_PORT, prefix=fresh_prefix()).start()  # answers, serves other PVs
+        wait_for(lambda: watch.recreated == n, timeout=10)
+        time.sleep(1)  # five more knocks
+        assert watch.recreated == n and not any(dev.connected for dev in devs)
+        other.kill()
+        ioc.start()  # the PVs' own IOC again: libca finds the re-created channels
+        wait_for(lambda: all(dev.connected for dev in devs), timeout=10)
+        assert devs[0].wcmBeam.get() is not None
+    finally:
+        watch.stop()
+        ioc.kill()
+        for dev in devs:
+            dev.destroy()

@@ -88,6 +88,7 @@ class ReconnectWatch:
         self.pvs = pvs
         self.period = period
         self.recreated = 0  # channels re-created so far
+        self._waiting: set[int] = set()  # re-created, not connected since: left to libca
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="warden-reconnect", daemon=True)
 
@@ -100,11 +101,16 @@ class ReconnectWatch:
         self._thread.join(timeout=5)
 
     def lost(self) -> dict[str, list]:
-        """``{"host:port": [PV, ...]}`` of PVs that were connected and are not now."""
+        """``{"host:port": [PV, ...]}`` of PVs that were connected and are not now (once
+        re-created, a PV is left to libca until it connects again: an IOC that answers but
+        no longer serves it must not have it searched for every second)."""
         by_host = defaultdict(list)
         for pv in self.pvs:
+            if pv.connected:
+                self._waiting.discard(id(pv))
+                continue
             host = pv._args.get("host")
-            if not pv.connected and host and ":" in host:
+            if host and ":" in host and id(pv) not in self._waiting:
                 by_host[host].append(pv)
         return by_host
 
@@ -117,6 +123,7 @@ class ReconnectWatch:
             for pv in pvs:
                 if not pv.connected:
                     recreate_channel(pv)
+                    self._waiting.add(id(pv))
                     done += 1
             log.info("%s answers again: re-created %d channels", host, len(pvs))
         self.recreated += done
