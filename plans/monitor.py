@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import event_model
-from bluesky.utils import MsgGenerator
+from bluesky.utils import Msg, MsgGenerator
 
 from .buffer import HOLD, ConnectionLog, ObjectBuffer
 from .clock import Clock
@@ -60,12 +60,12 @@ def read_group(group: ScanGroup) -> MsgGenerator[None]:
     """
     live = [buf for buf in group.buffers if buf.connected]
     tag = f"scan-{group.period}-{group.offset}"
-    for buf in live:
-        yield from bps.trigger(buf.device, group=tag)
+    for buf in live:  # the messages of bps.trigger and bps.read, per object (see flush)
+        yield Msg("trigger", buf.device, group=tag)
     yield from bps.wait(group=tag)
     for buf in live:
         try:
-            reading = yield from bps.read(buf.device)
+            reading = yield Msg("read", buf.device)
         except Exception as err:  # noqa: BLE001 - a failed read is recorded as a disconnect
             log.warning("reading %s failed: %r", buf.name, err)
             buf.connections.record(buf.name, False)
@@ -81,7 +81,11 @@ def flush(collectables: Sequence, declared: set[str]) -> MsgGenerator[None]:
         if obj.name not in declared:
             yield from bps.declare_stream(obj, name=obj.name, collect=True)
             declared.add(obj.name)
-        yield from bps.collect(obj, name=obj.name, return_payload=False)
+        # the message bps.collect yields, without its @plan wrapper: that formats the call
+        # stack on every call (for a "never iterated" warning), which was 28% of the
+        # RunEngine's time at 1,000 objects flushed twice a second. The same per object below
+        # (trigger, read); stubs called once per flush or period are used as they are.
+        yield Msg("collect", obj, stream=False, return_payload=False, name=obj.name)
 
 
 def monitor_day(

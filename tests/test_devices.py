@@ -131,18 +131,19 @@ def test_reconnect_watch_recreates_lost_channels_once_when_their_ioc_answers():
 
     prefix = fresh_prefix()
     ioc = SimIOC(KILL_PORT, prefix=prefix).start()
+    other = SimIOC(KILL_PORT, prefix=fresh_prefix())
     devs = devices_from(EXAMPLE, prefix=prefix)[:2]
     watch = ReconnectWatch(channels_of(devs), period=0.2)
     n = len(watch.pvs)
     try:
         for dev in devs:
-            dev.wait_for_connection(timeout=10)
+            dev.wait_for_connection(timeout=30)
         watch.start()
         ioc.kill()
         wait_for(lambda: not any(dev.connected for dev in devs), timeout=30)
         time.sleep(1)  # knocks on a dead port re-create nothing
         assert watch.recreated == 0
-        other = SimIOC(KILL_PORT, prefix=fresh_prefix()).start()  # answers, serves other PVs
+        other.start()  # answers on the port, serves other PVs
         wait_for(lambda: watch.recreated == n, timeout=10)
         time.sleep(1)  # five more knocks
         assert watch.recreated == n and not any(dev.connected for dev in devs)
@@ -152,6 +153,7 @@ def test_reconnect_watch_recreates_lost_channels_once_when_their_ioc_answers():
         assert devs[0].wcmBeam.get() is not None
     finally:
         watch.stop()
+        other.kill()
         ioc.kill()
         for dev in devs:
             dev.destroy()

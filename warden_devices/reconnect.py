@@ -98,7 +98,8 @@ class ReconnectWatch:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
 
     def lost(self) -> dict[str, list]:
         """``{"host:port": [PV, ...]}`` of PVs that were connected and are not now (once
