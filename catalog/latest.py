@@ -341,4 +341,3 @@ def read_only_routes() -> list[Route]:
     methods = ["POST", "PUT", "PATCH", "DELETE"]
     return [Route(f"/api/v1/{kind}/latest{{rest:path}}", refuse, methods=methods)
             for kind in ("metadata", "register")]
-

@@ -244,15 +244,8 @@ class Archive:
         position = {c: i for i, c in enumerate(table.columns)}
         keys = [k for k in described if f"ts_{k}" in position]
         keys.sort(key=lambda k: position[f"ts_{k}"])
-        arrays = {k: _child(node, k) for k in keys if k not in position}  # as _sql_columns
-        rows = min([len(table), *(0 if a is None else a.shape[0] for a in arrays.values())])
-        table = table.iloc[:rows]
-        columns: dict[str, Any] = {"seq_num": table["seq_num"], "time": table["time"]}
-        for key in keys:
-            if key in position:
-                columns[key] = table[key]
-            else:  # an array node, sliced: a full read races concurrent appends
-                columns[key] = list(np.asarray(arrays[key][:rows])) if rows else []
+        table, values = _complete_rows(node, table, keys)
+        columns: dict[str, Any] = {"seq_num": table["seq_num"], "time": table["time"], **values}
         columns.update({f"ts_{k}": table[f"ts_{k}"] for k in keys})
         return pd.DataFrame(columns), {k: described[k] for k in keys}
 
@@ -313,19 +306,8 @@ class Archive:
         # the attributes and their timestamps, not seq_num and time (a sixth less to send)
         table = internal.read(columns=[*(k for k in keys if k in position),
                                        *(f"ts_{k}" for k in keys)])
-        arrays = {k: _child(node, k) for k in keys if k not in position}  # nodes of their own
-        # the writer appends a page's table rows, then its arrays (creating an array's node
-        # with its first page): show the complete rows
-        rows = min([len(table), *(0 if a is None else a.shape[0] for a in arrays.values())])
-        table = table.iloc[:rows]
-        columns: dict[str, Any] = {}
-        for key in keys:
-            if key in position:
-                columns[key] = table[key].reset_index(drop=True)
-            else:
-                columns[key] = list(np.asarray(arrays[key][:rows])) if rows else []
-        stamps = {k: table[f"ts_{k}"].reset_index(drop=True) for k in keys}
-        return keys, columns, stamps
+        table, columns = _complete_rows(node, table, keys)
+        return keys, columns, {k: table[f"ts_{k}"] for k in keys}
 
     def _mongo_columns(self, stream):
         data_keys = stream.metadata["descriptors"][0]["data_keys"]
@@ -380,6 +362,27 @@ def _loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _complete_rows(node, table: pd.DataFrame, keys: list[str]
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of a stream's ``table`` that its array nodes hold too, and the columns of
+    ``keys`` (an array attribute, a node of its own, as a list of row arrays).
+
+    The writer appends a page's table rows, then its arrays (creating an array's node with
+    its first page): only complete rows are shown. Arrays are sliced, as a full read races
+    concurrent appends.
+    """
+    arrays = {k: _child(node, k) for k in keys if k not in table.columns}
+    rows = min([len(table), *(0 if a is None else a.shape[0] for a in arrays.values())])
+    table = table.iloc[:rows].reset_index(drop=True)
+    columns: dict[str, Any] = {}
+    for key in keys:
+        if key in table.columns:
+            columns[key] = table[key]
+        else:
+            columns[key] = list(np.asarray(arrays[key][:rows])) if rows else []
+    return table, columns
 
 
 def _child(node, key: str):

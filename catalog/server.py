@@ -49,18 +49,17 @@ def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None
         data_dir.mkdir(exist_ok=True)
         _write_ahead_log(path.with_suffix(".tables.db"))
         tables = f"sqlite:///{path.with_suffix('.tables.db')}"
-        if init and not catalog_initialized(archive_uri):
-            init_catalog(f"sqlite:///{path}")
-        return catalog_from_uri(f"sqlite:///{path}", writable_storage=[data_dir, tables],
-                                specs=specs)
-    if scheme == "postgresql":
+        catalog = f"sqlite:///{path}"
+    elif scheme == "postgresql":
         tables = "postgresql://" + archive_uri.split("://", 1)[1]  # ADBC takes no +driver
         data_dir = Path(data_dir or postgres_data_dir(archive_uri)).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        if init and not catalog_initialized(archive_uri):
-            init_catalog(archive_uri)
-        return catalog_from_uri(archive_uri, writable_storage=[data_dir, tables], specs=specs)
-    raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
+        catalog = archive_uri
+    else:
+        raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
+    if init and not catalog_initialized(archive_uri):
+        init_catalog(catalog)
+    return catalog_from_uri(catalog, writable_storage=[data_dir, tables], specs=specs)
 
 
 def init_catalog(uri: str) -> None:
