@@ -98,16 +98,19 @@ def quantiles_ms(samples: Iterable[float]) -> dict[str, float]:
 
 
 class ProcessStats:
-    """CPU seconds (process and per thread, by thread name) and RSS of this process."""
+    """CPU seconds (process and per thread, by thread name) and RSS of this process, plus
+    those of the service's server process when ``server_pid`` is given."""
 
-    def __init__(self):
+    def __init__(self, server_pid: int | None = None):
         self.proc = psutil.Process()
+        self.server = psutil.Process(server_pid) if server_pid else None
         self.t0 = time.perf_counter()
         self.cpu0 = self._cpu()
+        self.server_cpu0 = self._cpu(self.server) if self.server else 0.0
         self.threads0 = self._threads()
 
-    def _cpu(self) -> float:
-        c = self.proc.cpu_times()
+    def _cpu(self, proc: psutil.Process | None = None) -> float:
+        c = (proc or self.proc).cpu_times()
         return c.user + c.system
 
     def _threads(self) -> dict[str, float]:
@@ -119,7 +122,11 @@ class ProcessStats:
         return out
 
     def rss_mb(self) -> float:
-        return self.proc.memory_info().rss / 2**20
+        """RSS of this process and the server process together."""
+        rss = self.proc.memory_info().rss
+        if self.server is not None:
+            rss += self.server.memory_info().rss
+        return rss / 2**20
 
     def report(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.t0
@@ -127,13 +134,19 @@ class ProcessStats:
         now = self._threads()
         threads = {k: round(v - self.threads0.get(k, 0.0), 2) for k, v in now.items()}
         threads = {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0.05}
-        return {
+        out = {
             "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2),
             "cpu_percent_of_one_core": round(100 * cpu / wall, 1) if wall else None,
             "cpu_s_by_thread": threads,
             "rss_mb": round(self.rss_mb(), 1),
         }
+        if self.server is not None:
+            out["server_process"] = {
+                "cpu_s": round(self._cpu(self.server) - self.server_cpu0, 2),
+                "rss_mb": round(self.server.memory_info().rss / 2**20, 1),
+            }
+        return out
 
 
 def disk_bytes(*paths: Path) -> int:

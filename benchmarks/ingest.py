@@ -3,8 +3,9 @@
 * **warden**: the real :class:`~warden.service.WardenService` (monitoring plan, buffers,
   queued writer, Tiled server on SQLite) with ``generic`` sim objects, driven by our own thread
   calling ``sim_put`` instead of its :class:`SimUpstream`. Its ``latest`` store is replaced by an
-  instrumented subclass that times every page it sees (freshness: update -> ``latest``) and every
-  page the writer reports written (persistence lag: update -> archive).
+  instrumented subclass that times every update when the publisher has made it visible to the
+  server process (freshness: update -> served ``latest``) and every page the writer reports
+  written (persistence lag: update -> archive).
 * **naive**: what a user writes first: ``bps.monitor`` of every signal in one run, into
   ``TiledWriter(client, batch_size=1)`` against a Tiled server on SQLite.
 * **ceiling**: the same devices and driver, subscriptions that only count.
@@ -151,6 +152,8 @@ def _instrumented_latest_class():
             self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
             self.stop_written = threading.Event()
             self.pages_written = 0
+            self._pending: dict[str, list[np.ndarray]] = {}  # update times not yet published
+            self._lock = threading.Lock()
 
         def _stamps(self, doc: dict) -> np.ndarray | None:
             stream = self._streams.get(doc.get("descriptor", ""))
@@ -164,11 +167,26 @@ def _instrumented_latest_class():
             if name == "event_page":
                 ts = self._stamps(doc)
                 if ts is not None and len(ts):
-                    now = time.time()
+                    with self._lock:
+                        self._pending.setdefault(self._streams[doc["descriptor"]], []).append(ts)
+                    self.values_seen += self.m * len(ts)
+
+        def published(self, entries: dict[str, dict], now: float) -> None:
+            """The publisher's hook: the updates now served (up to each entry's newest time)
+            have reached ``latest``."""
+            with self._lock:
+                for obj, entry in entries.items():
+                    pending = self._pending.pop(obj, None)
+                    if not pending:
+                        continue
+                    ts = np.concatenate(pending)
+                    served = ts <= (entry["time"] or -math.inf)
+                    if not served.all():
+                        self._pending[obj] = [ts[~served]]
+                    ts = ts[served]
                     warm = ts < self.warm_until
                     self.fresh_warm.add(now - ts[warm], self.m)
                     self.fresh.add(now - ts[~warm], self.m)
-                    self.values_seen += self.m * len(ts)
 
         def archived(self, name: str, doc: dict) -> None:
             super().archived(name, doc)
@@ -227,6 +245,7 @@ class WardenRun:
     def start(self, plan: bool = True) -> None:
         t0 = time.perf_counter()
         self.url = self.service.start()
+        self.service.publisher.on_published = self.latest.published
         if plan:
             self.start_plan()
         self.start_s = time.perf_counter() - t0
@@ -307,7 +326,7 @@ def run_warden(n: int, m: int, rate: float, duration: float, warmup: float,
     run = WardenRun(workdir, n, m)
     run.start()
     note(f"warden: serving at {run.url}; driving {n * m * rate:,.0f} values/s for {duration} s")
-    stats = ProcessStats()
+    stats = ProcessStats(run.service.server.pid)
     driver = run.drive(rate, duration, warmup=warmup)
     proc = stats.report()
     fin = run.finish(drain_timeout)
@@ -513,7 +532,7 @@ def figure_memory(quick: bool, values: int | None = None, n: int | None = None,
         tmp = Path(tmp)
         run = WardenRun(tmp, n, m)
         run.start()
-        stats = ProcessStats()
+        stats = ProcessStats(run.service.server.pid)
         rss_start = stats.rss_mb()
         run.sample_memory(stats, period=0.5 if quick else 2.0)
         note(f"memory: {values:,} values at {offered:,.0f}/s through {n} objects")

@@ -156,6 +156,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     service.latest = latest
     t_connect = time.perf_counter()
     service.start()
+    service.publisher.on_published = latest.published
     plan = threading.Thread(target=service.run, name="warden-plan", daemon=True)
     plan.start()
     deadline = time.monotonic() + 60 + n / 10
@@ -168,7 +169,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     time.sleep(1.0)
     t0 = time.time()
     latest.since = latest.warm_until = t0  # time every row stamped inside the window
-    stats = ProcessStats()
+    stats = ProcessStats(service.server.pid)
     time.sleep(duration)
     t1 = time.time()
     proc = stats.report()

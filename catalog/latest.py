@@ -5,17 +5,26 @@ receives, so ``latest`` never touches history. ``GET /api/v1/metadata/latest/<ob
 answers with :meth:`LatestStore.get`, through :func:`latest_route`: a plain route placed ahead
 of Tiled's, which answers the same body as Tiled's metadata route for that node in a fraction
 of its time (issue 4). Listing and search (``/api/v1/search/latest``) stay Tiled's node.
+
+When the server runs in a process of its own (:mod:`warden.server_process`), the service's
+:class:`LatestPublisher` copies the entries that changed into a small SQLite file every 0.1 s
+and the server reads them with :class:`SharedLatest`, which answers as the store does.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import secrets
+import sqlite3
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -111,6 +120,95 @@ class LatestStore:
     def _connections(self, page: dict) -> None:
         for obj, connected in zip(page["data"]["object"], page["data"]["connected"], strict=True):
             self._latest[obj] = {**self._ensure(obj), "connected": bool(connected)}
+
+
+class LatestPublisher:
+    """Copies the entries of ``store`` that changed into the SQLite file ``path``, every
+    ``interval`` seconds, on a thread of its own; :class:`SharedLatest` reads them.
+
+    An entry that changed is one the store has swapped since the last copy (entries are never
+    changed in place), or whose ``archived_time`` moved: one pass over the names finds them
+    without a lock. ``on_published(entries, t)``, if given, hears what each pass wrote.
+    """
+
+    def __init__(self, store: LatestStore, path: Path, interval: float = 0.1,
+                 on_published: Callable[[dict[str, dict], float], None] | None = None):
+        self.store, self.path, self.interval = store, Path(path), interval
+        self.on_published = on_published
+        self._db = _latest_db(self.path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS latest (name TEXT PRIMARY KEY, entry BLOB)")
+        with self._db:  # a previous run's entries are not the latest
+            self._db.execute("DELETE FROM latest")
+        self._sent: dict[str, tuple[int, float | None]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="latest-publisher", daemon=True)
+        self.publish()  # every object has its row before any reader looks
+
+    def start(self) -> LatestPublisher:
+        self._thread.start()
+        return self
+
+    def publish(self) -> list[str]:
+        """Write the entries that changed since the last call; return their names."""
+        entries, marks = {}, {}
+        latest, archived = self.store._latest, self.store._archived
+        for name in list(latest):
+            mark = (id(latest[name]), archived.get(name))
+            if self._sent.get(name) != mark:
+                marks[name] = mark
+                entries[name] = self.store.get(name)
+        if entries:
+            rows = [(name, msgpack.packb(entry, default=_msgpack_default))
+                    for name, entry in entries.items()]
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?)", rows)
+            self._sent.update(marks)
+            if self.on_published is not None:
+                self.on_published(entries, time.time())
+        return list(entries)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - keep publishing; the next pass tries again
+                logging.getLogger(__name__).exception("latest: could not publish")
+
+    def stop(self) -> None:
+        """Stop the thread after one last pass."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.publish()
+        self._db.close()
+
+
+class SharedLatest:
+    """``latest`` as a :class:`LatestPublisher` left it in ``path``: the store's ``objects``
+    and :meth:`get`, for the server's process (one connection per thread)."""
+
+    def __init__(self, path: Path, objects: list[str]):
+        self.path = Path(path)
+        self.objects = list(objects)
+        self._local = threading.local()
+
+    def get(self, name: str) -> dict[str, Any]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _latest_db(self.path)
+        row = db.execute("SELECT entry FROM latest WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError(name)
+        return msgpack.unpackb(row[0])
+
+
+def _latest_db(path: Path) -> sqlite3.Connection:
+    """The file of shared ``latest``: WAL (readers never wait for the publisher), no fsync (it
+    holds nothing the archive does not)."""
+    db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    return db
 
 
 def _json(value: Any) -> Any:

@@ -103,9 +103,19 @@ def init_catalog(uri: str) -> None:
 def _write_ahead_log(path: Path) -> None:
     """Put the SQLite tables database in WAL mode (it stays so), so a client reading a day
     never blocks the archive writer (in the default mode a long read fails writes with
-    "database is locked")."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    "database is locked").
+
+    Through ADBC, as Tiled and the writer open it: a process must not open one SQLite file
+    with two copies of SQLite (Python's and ADBC's). Closing the file in one drops the
+    other's POSIX locks, and the last ADBC connection to close then thinks it is alone and
+    deletes the WAL under the others ("disk I/O error").
+    """
+    import adbc_driver_sqlite.dbapi
+
+    with contextlib.closing(adbc_driver_sqlite.dbapi.connect(str(path), autocommit=True)) as db:
+        with db.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.fetchall()
 
 
 def catalog_initialized(archive_uri: str) -> bool:

@@ -51,6 +51,13 @@ class TiledRunSink:
     def __call__(self, name: str, doc: dict) -> None:
         getattr(self, name, _ignore)(doc)
 
+    def close(self) -> None:
+        """Close the direct connection to the tables (an SQLite file must not stay open in
+        a process that opens it again: closing any descriptor of a file drops the process's
+        locks on it, those of the open connection included)."""
+        if self.direct is not None:
+            self.direct.close()
+
     def start(self, doc: dict) -> None:
         uid = doc["uid"]
         if uid in self._runs:
@@ -338,6 +345,9 @@ class SpooledWriter:
         self._abandon.set()
         self._thread.join()
         self.spool.close(drained=self._position >= self.spool.end)
+        close_sink = getattr(self.sink, "close", None)
+        if close_sink is not None:
+            close_sink()
 
 
 def _unreachable(exc: BaseException) -> bool:

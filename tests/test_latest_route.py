@@ -22,7 +22,7 @@ from tiled.adapters.mapping import MapAdapter
 from tiled.client import from_uri
 from tiled.server.settings import get_settings
 
-from catalog.latest import LatestStore
+from catalog.latest import LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
 from catalog.server import TiledServer, warden_app
 
@@ -340,6 +340,41 @@ def test_new_readings_are_served_at_once(http):
                           headers=HEADERS).json()["data"]["attributes"]["metadata"]
             assert md["attributes"]["v"] == {"value": float(i), "timestamp": T0 + i}
             assert md["rows"] == i + 1
+
+
+def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store, tmp_path):
+    """The service's server process reads ``latest`` from the file the publisher writes:
+    every answer, JSON and msgpack, is the one the store itself gives."""
+    path = tmp_path / "latest.db"
+    stale = LatestPublisher(LatestStore(["gone"]), path)  # a previous run's file
+    stale.stop()
+    publisher = LatestPublisher(store, path)
+    shared = SharedLatest(path, store.objects)
+    with TiledServer(warden_app(MapAdapter({}), shared, "UTC", KEY)).running() as shared_url:
+        for name in (WCM, RING, IDLE):  # ("b/c": no path reaches it)
+            for accept in (JSON, MSGPACK):
+                headers = {**HEADERS, "Accept": accept}
+                want = http.get(f"{url}/api/v1/metadata/latest/{name}", headers=headers)
+                got = http.get(f"{shared_url}/api/v1/metadata/latest/{name}", headers=headers)
+                assert got.status_code == want.status_code == 200
+                body = got.content.replace(shared_url.encode(), url.encode())  # (links)
+                assert body == want.content, (name, accept)
+    with pytest.raises(KeyError):
+        shared.get("gone")
+    publisher.stop()
+    # a new reading reaches the file with the next pass, which writes only what changed
+    live = LatestStore(["a", "b"])
+    live("descriptor", {"uid": "d", "name": "a"})
+    publisher = LatestPublisher(live, path)
+    view = SharedLatest(path, live.objects)
+    assert view.get("a")["rows"] == 0 and publisher.publish() == []
+    live("event_page", {"descriptor": "d", "seq_num": [1], "data": {"v": [float("nan")]},
+                        "timestamps": {"v": [T0]}})
+    assert view.get("a")["rows"] == 0  # not yet published
+    assert publisher.publish() == ["a"]
+    assert view.get("a")["attributes"] == {"v": {"value": None, "timestamp": T0}}
+    assert view.get("a") == live.get("a") and view.get("b") == live.get("b")
+    publisher.stop()
 
 
 def test_store_reads_are_whole_entries_while_it_is_updated():

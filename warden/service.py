@@ -1,8 +1,12 @@
 """The warden service: devices, the monitoring plan, the archive writer and the Tiled server.
 
-One process, four kinds of thread: the RunEngine runs the monitoring plan (the caller's
-thread), ophyd/pyepics deliver updates on theirs, the archive writer drains its queue on
-its own, and uvicorn serves ``/archive`` and ``/latest`` on another.
+Two processes. The service's: the RunEngine runs the monitoring plan (the caller's thread),
+ophyd/pyepics deliver updates on theirs, the archive writer drains the spool on its own and
+:class:`~catalog.latest.LatestPublisher` copies ``latest`` to a file ten times a second. The
+server's (:mod:`warden.server_process`): uvicorn serves ``/archive`` and ``/latest`` from it,
+so that no request waits for the service's interpreter lock. An in-memory archive
+(``mongomock://``) cannot be opened by another process: its server runs on a thread of the
+service instead.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
 from bluesky import RunEngine
 
 from catalog.ascii import AsciiDayWriter
-from catalog.backends import Backend, open_backend
-from catalog.latest import LatestStore
+from catalog.backends import Backend, open_backend, scheme_of
+from catalog.latest import LatestPublisher, LatestStore
 from catalog.query import Archive
 from catalog.server import TiledServer, warden_app
 from catalog.writer import SpooledWriter
@@ -33,6 +39,7 @@ from warden_devices.sim import SimUpstream
 from .config import ConfigError, WardenConfig
 from .control import control_router
 from .plugins.runner import PluginRunner, PluginState, discover
+from .server_process import ServerProcess, ServerSpec
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,9 @@ class WardenService:
         self.devices += [s.device for s in self.plugins]
         self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
         self.latest = LatestStore([d.name for d in self.devices])
-        self.server: TiledServer | None = None
+        self.server: TiledServer | ServerProcess | None = None
+        self.publisher: LatestPublisher | None = None
+        self._latest_dir: str | None = None
         self.writer: SpooledWriter | None = None
         self.reconnect: ReconnectWatch | None = None
         self.ascii = (
@@ -128,15 +137,56 @@ class WardenService:
             ensure_repeater()  # libca hears of a restarted IOC from its beacons
             signals = self.devices + [s for ex in self.exchanges for s in (ex.source, ex.target)]
             self.reconnect = ReconnectWatch(channels_of(signals)).start()  # within a second
-        control = control_router(self.runner, self.api_key, self.public, list(self.discovered))
-        app = warden_app(self.backend.tree, self.latest, self.config.zone.key, self.api_key,
-                         self.public, routers=[control])
-        log_dir = self.backend.data_dir  # server.log and access.log beside the archive
-        self.server = TiledServer(app, host=self.config.serve.host, port=self.port, log_dir=log_dir)
-        self.url = self.server.start()
-        self.writer = SpooledWriter(self.backend.sink(self.url, self.api_key), self.spool_dir,
-                                    on_written=self.latest.archived)
+        try:
+            self.url = self._start_server()
+            self.writer = SpooledWriter(self.backend.sink(self.url, self.api_key),
+                                        self.spool_dir, on_written=self.latest.archived)
+        except BaseException:
+            self._stop_server()
+            raise
         return self.url
+
+    def _start_server(self) -> str:
+        """The server in a process of its own, or on a thread for an in-memory archive."""
+        log_dir = self.backend.data_dir  # server.log and access.log beside the archive
+        host = self.config.serve.host
+        if scheme_of(self.backend.uri) == "mongomock":
+            control = control_router(self.runner, self.api_key, self.public,
+                                     list(self.discovered))
+            app = warden_app(self.backend.tree, self.latest, self.config.zone.key,
+                             self.api_key, self.public, routers=[control])
+            self.server = TiledServer(app, host=host, port=self.port, log_dir=log_dir)
+            return self.server.start()
+        self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
+        latest_file = Path(self._latest_dir) / "latest.db"
+        self.publisher = LatestPublisher(self.latest, latest_file).start()
+        spec = ServerSpec(
+            archive=self.backend.uri,
+            data_dir=str(self.backend.data_dir) if self.backend.data_dir else None,
+            latest_file=str(latest_file),
+            objects=self.latest.objects,
+            zone=self.config.zone.key,
+            api_key=self.api_key,
+            public=self.public,
+            host=host,
+            port=self.port,
+            log_dir=str(log_dir) if log_dir else None,
+            plugins=list(self.runner.states),
+            discovered=list(self.discovered),
+        )
+        self.server = ServerProcess(spec, self.runner)
+        return self.server.start()
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
+        if self._latest_dir is not None:
+            shutil.rmtree(self._latest_dir, ignore_errors=True)
+            self._latest_dir = None
 
     @property
     def spool_dir(self) -> Path:
@@ -184,8 +234,7 @@ class WardenService:
             self.writer.close()
         if self.ascii is not None:
             self.ascii.close()
-        if self.server is not None:
-            self.server.stop()
+        self._stop_server()
         if self.backend is not None and self._own_backend:
             self.backend.close()
         if self.sim is not None:
