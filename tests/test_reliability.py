@@ -150,6 +150,14 @@ def test_archive_outage_spools_and_replays_exactly_once_across_a_restart(
 
 
 # -- kill -9 -----------------------------------------------------------------------------------
+def answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 def start_warden(path: Path) -> subprocess.Popen:
     env = {**os.environ, "WARDEN_API_KEY": API_KEY}
     proc = subprocess.Popen([sys.executable, "-m", "warden", "run", str(path)], env=env,
@@ -195,6 +203,7 @@ def test_kill_9_loses_at_most_a_flush_and_the_day_merges_both_runs(tmp_path):
         proc.send_signal(signal.SIGKILL)
         killed = time.time()
         proc.wait()
+        wait_for(lambda: not answers(url), timeout=10)  # its server process ends with it
         proc = start_warden(path)  # the spool of the killed process is replayed first
         wait_for(lambda: (archived_rows() or 0) > 20, timeout=60)
         proc.terminate()
