@@ -260,6 +260,14 @@ class WardenRun:
             time.sleep(0.05)
         time.sleep(0.5)
 
+    def prime(self, timeout: float) -> float:
+        """One reading of every object, then wait until the archive holds it: every stream
+        node created, as in a service that has been running. Return the seconds taken."""
+        t0 = time.perf_counter()
+        self.drive(1.0, 1.0)  # one round
+        self.service.writer.join(timeout=timeout)
+        return time.perf_counter() - t0
+
     def sample_memory(self, stats: ProcessStats, period: float = 1.0) -> None:
         def loop():
             while not self._sampling.wait(period):
@@ -325,7 +333,9 @@ def run_warden(n: int, m: int, rate: float, duration: float, warmup: float,
     note(f"warden: building {n} objects x {m} attributes")
     run = WardenRun(workdir, n, m)
     run.start()
-    note(f"warden: serving at {run.url}; driving {n * m * rate:,.0f} values/s for {duration} s")
+    note(f"warden: serving at {run.url}; creating the {n} streams")
+    streams_s = run.prime(timeout=drain_timeout)
+    note(f"warden: driving {n * m * rate:,.0f} values/s for {duration} s")
     stats = ProcessStats(run.service.server.pid)
     driver = run.drive(rate, duration, warmup=warmup)
     proc = stats.report()
@@ -348,6 +358,7 @@ def run_warden(n: int, m: int, rate: float, duration: float, warmup: float,
         "persistence_lag": lat.persist.summary(),
         "persistence_lag_warmup": lat.persist_warm.summary(),
         "warmup_s": warmup,
+        "stream_creation_s": round(streams_s, 2),
         **fin,
         "build_s": round(run.build_s, 2),
         "start_s": round(run.start_s, 2),

@@ -25,6 +25,7 @@ class DirectTables:
     def __init__(self, uri: str):
         self.uri = uri  # sqlite:///<dir>/archive.tables.db or postgresql://...
         self._conn = None
+        self._pending = False  # appends not committed yet
         self._lock = threading.Lock()
 
     @staticmethod
@@ -40,7 +41,12 @@ class DirectTables:
         return parameters["table_name"], int(parameters["dataset_id"])
 
     def append(self, where: Location, table: pa.Table) -> None:
-        """Append ``table`` (the node's schema) to partition 0 of the node at ``where``."""
+        """Append ``table`` (the node's schema) to partition 0 of the node at ``where``.
+
+        The rows are visible (and durable) at the next :meth:`commit`: one commit per batch
+        of streams, not per stream, is what lets a writer keep up with thousands of them
+        (SQLite: 0.7 ms an append committed alone, 0.08 ms in a batch).
+        """
         name, dataset = where
         n = len(table)
         table = table.add_column(0, pa.field("_partition_id", pa.int16()),
@@ -53,10 +59,30 @@ class DirectTables:
             try:
                 with conn.cursor() as cursor:
                     cursor.adbc_ingest(name, table, mode="append")
-                conn.commit()
             except Exception:
-                self._close()  # a fresh connection next time (the server may have gone)
+                self._close()  # rolls back; a fresh connection next time
                 raise
+            self._pending = True
+
+    def commit(self) -> None:
+        """Make the appends so far visible; call it before anything else writes the archive
+        (Tiled creating a table takes the same SQLite write lock)."""
+        with self._lock:
+            if not self._pending:
+                return
+            try:
+                self._conn.commit()
+            except Exception:
+                self._close()  # the batch is rolled back: the writer asks what landed
+                raise
+            self._pending = False
+
+    def rollback(self) -> None:
+        """Drop the appends not committed (after a failed write the writer asks the archive
+        what it holds, which does not count them, and writes them again)."""
+        with self._lock:
+            if self._pending:
+                self._close()
 
     def _connect(self):
         if self._conn is None:
@@ -80,6 +106,7 @@ class DirectTables:
             except Exception:  # noqa: BLE001 - a broken connection may not close cleanly
                 pass
             self._conn = None
+            self._pending = False
 
     def close(self) -> None:
         with self._lock:

@@ -51,6 +51,12 @@ class TiledRunSink:
     def __call__(self, name: str, doc: dict) -> None:
         getattr(self, name, _ignore)(doc)
 
+    def flush(self) -> None:
+        """Commit the rows appended straight into the tables (the writer calls it at the end
+        of each batch; every other write to the archive calls it first)."""
+        if self.direct is not None:
+            self.direct.commit()
+
     def close(self) -> None:
         """Close the direct connection to the tables (an SQLite file must not stay open in
         a process that opens it again: closing any descriptor of a file drops the process's
@@ -62,6 +68,7 @@ class TiledRunSink:
         uid = doc["uid"]
         if uid in self._runs:
             return
+        self.flush()
         try:
             self._runs[uid] = self.root[uid]
         except KeyError:
@@ -79,6 +86,7 @@ class TiledRunSink:
                                                  known=False, direct=self.direct)
             return
         md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
+        self.flush()
         node = run.create_container(
             key=doc["name"],
             metadata=md,
@@ -90,6 +98,7 @@ class TiledRunSink:
         self._streams[doc["descriptor"]].append(doc)
 
     def stop(self, doc: dict) -> None:
+        self.flush()
         uid = doc["run_start"]
         run = self._runs.pop(uid, None) or self.root[uid]
         run.update_metadata(metadata={"stop": doc}, drop_revision=True)
@@ -99,6 +108,8 @@ class TiledRunSink:
 
     def resync(self) -> None:
         """Forget what this sink believes the archive holds (after a failed write)."""
+        if self.direct is not None:
+            self.direct.rollback()
         self._fresh.clear()
         for stream in self._streams.values():
             stream.known = False
@@ -135,6 +146,8 @@ class _Stream:
         for key in self.array_keys:
             new = seq > self.stored.get(key, 0)
             if new.any():
+                if self.direct is not None:
+                    self.direct.commit()  # the table lands before the arrays
                 self._append_array(key, np.asarray(page["data"][key])[new])
                 self.stored[key] = int(seq[new][-1])
 
@@ -158,6 +171,8 @@ class _Stream:
         table = pa.table(columns, schema=self._schema(columns))
         if self.table is None:
             md = {k: v for k, v in self.data_keys.items() if k in columns}
+            if self.direct is not None:
+                self.direct.commit()  # (Tiled takes the tables' write lock to create one)
             self.table = self.node.create_appendable_table(
                 schema=table.schema, key="internal", metadata=md
             )
@@ -278,8 +293,11 @@ class SpooledWriter:
         delay = self.retry
         while True:
             try:
-                for name, doc in _merge_pages(docs):
-                    self._write(name, doc)
+                written = [(name, doc) for name, doc in _merge_pages(docs)
+                           if self._write(name, doc)]
+                flush = getattr(self.sink, "flush", None)
+                if flush is not None:
+                    flush()
             except Exception as exc:  # noqa: BLE001
                 if not _unreachable(exc):
                     raise
@@ -298,9 +316,15 @@ class SpooledWriter:
                 log.warning("archive back after %.1f s; spool replayed",
                             time.time() - self.unavailable_since)
                 self.unavailable_since = None
+            for name, doc in written:
+                if name == "event_page":
+                    self.written += len(doc["seq_num"])
+                if self.on_written is not None:
+                    self.on_written(name, doc)
             return True
 
-    def _write(self, name: str, doc: dict) -> None:
+    def _write(self, name: str, doc: dict) -> bool:
+        """Give one document to the sink; False if the archive refused it (kept aside)."""
         try:
             self.sink(name, doc)
         except Exception as exc:  # noqa: BLE001
@@ -311,11 +335,8 @@ class SpooledWriter:
             log.exception("the archive refused a %s document; kept in rejected.jsonl", name)
             with open(self.spool.directory / "rejected.jsonl", "ab") as f:
                 f.write(encode(name, doc))
-            return
-        if name == "event_page":
-            self.written += len(doc["seq_num"])
-        if self.on_written is not None:
-            self.on_written(name, doc)
+            return False
+        return True
 
     # -- waiting and closing ---------------------------------------------------------------
     def join(self, timeout: float | None = None) -> bool:
