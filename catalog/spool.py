@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,26 @@ class Position:
 
 
 def encode(name: str, doc: dict) -> bytes:
-    """One spool line for a document."""
-    return (json.dumps([name, doc], default=_plain, separators=(",", ":")) + "\n").encode()
+    """One spool line for a document.
+
+    orjson (an event page of 5 attributes x 5 rows: 2 us, against 49 us for ``json``, in the
+    RunEngine's thread), but for a line holding ``null``: orjson writes NaN and infinities
+    as ``null``, so such a document goes through ``json``, whose ``NaN`` and ``Infinity``
+    read back as the floats they were. numpy values go through :func:`_plain` either way
+    (orjson's own numpy writer would write float32 with float32's shortest digits).
+    """
+    line = orjson.dumps([name, doc], default=_plain, option=orjson.OPT_APPEND_NEWLINE)
+    if b"null" in line:  # a NaN, an infinity, a None (or the word in a string)
+        line = (json.dumps([name, doc], default=_plain, separators=(",", ":")) + "\n").encode()
+    return line
+
+
+def decode(line: bytes) -> tuple[str, dict]:
+    """The ``(name, doc)`` of a spool line."""
+    try:
+        return tuple(orjson.loads(line))
+    except orjson.JSONDecodeError:  # NaN or Infinity: json's tokens
+        return tuple(json.loads(line))
 
 
 def _plain(value: Any) -> Any:
@@ -160,7 +179,7 @@ class Spool:
             if len(chunk) == max_bytes and b"\n" not in chunk:  # one line longer than that
                 chunk += f.readline()
         whole = chunk[: chunk.rfind(b"\n") + 1]
-        docs = [tuple(json.loads(line)) for line in whole.splitlines()]
+        docs = [decode(line) for line in whole.splitlines()]
         next_pos = Position(pos.segment, pos.offset + len(whole))
         if not live and pos.offset + len(chunk) >= path.stat().st_size:  # a finished segment
             if len(whole) < len(chunk):

@@ -43,6 +43,23 @@ def test_documents_come_back_in_order_and_numpy_as_lists(tmp_path):
     spool.close()
 
 
+def test_readings_come_back_as_they_were_nan_infinities_none_and_float32_included(tmp_path):
+    spool = Spool(tmp_path)
+    data = {"lost": [float("nan"), float("inf"), -float("inf"), 1.5], "gone": [None, None, 1, 2],
+            "gain": np.array([0.1, 2.5, 3, 4], np.float32), "fill": np.int64(34001),
+            "species": ["Au", "null", "μ", ""], "ok": np.bool_(True)}
+    spool.append("event_page", {"descriptor": "d1", "seq_num": [1, 2, 3, 4], "data": data})
+    spool.append("event_page", {"descriptor": "d1", "seq_num": [5], "data": {"x": [2.0]}})
+    (_, first), (_, second) = read_all(spool)
+    got = first["data"]
+    assert np.isnan(got["lost"][0]) and got["lost"][1:] == [float("inf"), -float("inf"), 1.5]
+    assert got["gone"] == [None, None, 1, 2]
+    assert got["gain"] == [float(np.float32(0.1)), 2.5, 3.0, 4.0]  # float32's exact values
+    assert got["fill"] == 34001 and got["ok"] is True
+    assert got["species"] == ["Au", "null", "μ", ""]
+    assert second["data"] == {"x": [2.0]}
+
+
 def test_each_segment_begins_with_the_open_runs_so_it_replays_alone(tmp_path):
     spool = Spool(tmp_path, segment_bytes=400)
     spool.append("start", start("r1"))
