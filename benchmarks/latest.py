@@ -7,10 +7,11 @@ fast path leaves to Tiled's middleware stack: what the route costs in Tiled's ro
 /healthz`` of the same server (the floor of Tiled's middleware stack), the same object through
 Tiled's own metadata route on the same server (``?via=tiled``: a query parameter the plain
 route leaves to Tiled, which ignores it; what ``latest`` cost before the plain route), and the
-same entries as *static* metadata of a plain Tiled ``MapAdapter`` tree,
-served in the same process by a second app with the same authentication (what a Tiled node
-costs when nothing is computed). Then every object's latest at once, by paging
-``/api/v1/search/latest`` (300 per page, Tiled's maximum), beside the same on the static tree.
+same entries as *static* metadata of a plain Tiled ``MapAdapter`` tree, served in the
+benchmark's process (the service's server has its own) by a second app with the same
+authentication (what a Tiled node costs when nothing is computed). Then every object's latest
+at once, by paging ``/api/v1/search/latest`` (300 per page, Tiled's maximum), beside the same
+on the static tree.
 """
 
 from __future__ import annotations

@@ -183,7 +183,10 @@ class RemoteRunner:
 
 def serve(spec: ServerSpec, life: Connection, control: Connection) -> None:
     """The child's main: serve until the parent says ``stop`` or is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
+    # Ctrl-C and SIGTERM (systemd sends it to the whole group) are the service's to handle:
+    # it drains its writer through this server, then stops it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server = backend = None
     try:
         backend = open_backend(spec.archive, data_dir=spec.data_dir, init=False)
