@@ -86,6 +86,11 @@ class LatestStore:
         """
         return {**self._latest[name], "archived_time": self._archived.get(name)}
 
+    def mark(self, name: str) -> tuple[int, float | None]:
+        """Changes whenever :meth:`get` of ``name`` would answer differently (published
+        entries are replaced, never changed, so the entry's identity tells)."""
+        return id(self._latest[name]), self._archived.get(name)
+
     def archived(self, name: str, doc: dict) -> None:
         """Note a document the archive writer has written (its ``on_written`` hook)."""
         stream = self._streams.get(doc.get("descriptor", ""))
@@ -151,9 +156,8 @@ class LatestPublisher:
     def publish(self) -> list[str]:
         """Write the entries that changed since the last call; return their names."""
         entries, marks = {}, {}
-        latest, archived = self.store._latest, self.store._archived
-        for name in list(latest):
-            mark = (id(latest[name]), archived.get(name))
+        for name in self.store.objects:
+            mark = self.store.mark(name)
             if self._sent.get(name) != mark:
                 marks[name] = mark
                 entries[name] = self.store.get(name)

@@ -49,6 +49,8 @@ class TiledRunSink:
         self._streams: dict[str, _Stream] = {}  # by descriptor uid
 
     def __call__(self, name: str, doc: dict) -> None:
+        if name != "event_page":
+            self.flush()  # rows appended so far land before the run's nodes change
         getattr(self, name, _ignore)(doc)
 
     def flush(self) -> None:
@@ -68,7 +70,6 @@ class TiledRunSink:
         uid = doc["uid"]
         if uid in self._runs:
             return
-        self.flush()
         try:
             self._runs[uid] = self.root[uid]
         except KeyError:
@@ -86,7 +87,6 @@ class TiledRunSink:
                                                  known=False, direct=self.direct)
             return
         md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
-        self.flush()
         node = run.create_container(
             key=doc["name"],
             metadata=md,
@@ -98,7 +98,6 @@ class TiledRunSink:
         self._streams[doc["descriptor"]].append(doc)
 
     def stop(self, doc: dict) -> None:
-        self.flush()
         uid = doc["run_start"]
         run = self._runs.pop(uid, None) or self.root[uid]
         run.update_metadata(metadata={"stop": doc}, drop_revision=True)
@@ -293,8 +292,10 @@ class SpooledWriter:
         delay = self.retry
         while True:
             try:
-                written = [(name, doc) for name, doc in _merge_pages(docs)
-                           if self._write(name, doc)]
+                written = []
+                for name, doc in _merge_pages(docs):
+                    if self._write(name, doc):
+                        written.append((name, doc))
                 flush = getattr(self.sink, "flush", None)
                 if flush is not None:
                     flush()

@@ -48,7 +48,7 @@ class ServerSpec:
 
     archive: str  # the archive URI, opened again in the child
     data_dir: str | None  # a PostgreSQL archive's array directory
-    latest_file: str  # where the service publishes latest
+    latest_file: str | None  # where the service publishes latest (None: served in-process)
     objects: list[str]
     zone: str
     api_key: str
@@ -80,8 +80,8 @@ def _context():
 
 
 class ServerProcess:
-    """The child serving ``spec``; ``runner`` answers its plugin requests (``start``/``stop``
-    as :class:`catalog.server.TiledServer`)."""
+    """The child serving ``spec``; ``runner`` answers its plugin requests. Started and stopped
+    as :class:`catalog.server.TiledServer`."""
 
     def __init__(self, spec: ServerSpec, runner):
         self.spec, self.runner = spec, runner
@@ -181,6 +181,15 @@ class RemoteRunner:
         return self._call("enable", name, enabled)
 
 
+def service_server(tree, latest, runner, spec: ServerSpec) -> TiledServer:
+    """The service's Tiled server (not started): ``/archive`` from ``tree``, ``/latest`` from
+    ``latest``, plugin control through ``runner``; host, port, keys and logs from ``spec``."""
+    router = control_router(runner, spec.api_key, spec.public, spec.discovered)
+    app = warden_app(tree, latest, spec.zone, spec.api_key, spec.public, routers=[router])
+    log_dir = Path(spec.log_dir) if spec.log_dir else None
+    return TiledServer(app, host=spec.host, port=spec.port, log_dir=log_dir)
+
+
 def serve(spec: ServerSpec, life: Connection, control: Connection) -> None:
     """The child's main: serve until the parent says ``stop`` or is gone."""
     # Ctrl-C and SIGTERM (systemd sends it to the whole group) are the service's to handle:
@@ -190,12 +199,8 @@ def serve(spec: ServerSpec, life: Connection, control: Connection) -> None:
     server = backend = None
     try:
         backend = open_backend(spec.archive, data_dir=spec.data_dir, init=False)
-        router = control_router(RemoteRunner(control, spec.plugins), spec.api_key, spec.public,
-                                spec.discovered)
-        app = warden_app(backend.tree, SharedLatest(Path(spec.latest_file), spec.objects),
-                         spec.zone, spec.api_key, spec.public, routers=[router])
-        log_dir = Path(spec.log_dir) if spec.log_dir else None
-        server = TiledServer(app, host=spec.host, port=spec.port, log_dir=log_dir)
+        server = service_server(backend.tree, SharedLatest(Path(spec.latest_file), spec.objects),
+                                RemoteRunner(control, spec.plugins), spec)
         life.send(("url", server.start()))
     except Exception as err:  # noqa: BLE001 - the parent raises it
         life.send(("error", f"the Tiled server did not start: {type(err).__name__}: {err}"))

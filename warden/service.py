@@ -17,6 +17,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -25,7 +26,7 @@ from catalog.ascii import AsciiDayWriter
 from catalog.backends import Backend, open_backend, scheme_of
 from catalog.latest import LatestPublisher, LatestStore
 from catalog.query import Archive
-from catalog.server import TiledServer, warden_app
+from catalog.server import TiledServer
 from catalog.writer import SpooledWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
@@ -37,9 +38,8 @@ from warden_devices.repeater import ensure_repeater
 from warden_devices.sim import SimUpstream
 
 from .config import ConfigError, WardenConfig
-from .control import control_router
 from .plugins.runner import PluginRunner, PluginState, discover
-from .server_process import ServerProcess, ServerSpec
+from .server_process import ServerProcess, ServerSpec, service_server
 
 log = logging.getLogger(__name__)
 
@@ -149,32 +149,27 @@ class WardenService:
     def _start_server(self) -> str:
         """The server in a process of its own, or on a thread for an in-memory archive."""
         log_dir = self.backend.data_dir  # server.log and access.log beside the archive
-        host = self.config.serve.host
-        if scheme_of(self.backend.uri) == "mongomock":
-            control = control_router(self.runner, self.api_key, self.public,
-                                     list(self.discovered))
-            app = warden_app(self.backend.tree, self.latest, self.config.zone.key,
-                             self.api_key, self.public, routers=[control])
-            self.server = TiledServer(app, host=host, port=self.port, log_dir=log_dir)
-            return self.server.start()
-        self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
-        latest_file = Path(self._latest_dir) / "latest.db"
-        self.publisher = LatestPublisher(self.latest, latest_file).start()
         spec = ServerSpec(
             archive=self.backend.uri,
             data_dir=str(self.backend.data_dir) if self.backend.data_dir else None,
-            latest_file=str(latest_file),
+            latest_file=None,
             objects=self.latest.objects,
             zone=self.config.zone.key,
             api_key=self.api_key,
             public=self.public,
-            host=host,
+            host=self.config.serve.host,
             port=self.port,
             log_dir=str(log_dir) if log_dir else None,
             plugins=list(self.runner.states),
             discovered=list(self.discovered),
         )
-        self.server = ServerProcess(spec, self.runner)
+        if scheme_of(self.backend.uri) == "mongomock":
+            self.server = service_server(self.backend.tree, self.latest, self.runner, spec)
+            return self.server.start()
+        self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
+        latest_file = Path(self._latest_dir) / "latest.db"
+        self.publisher = LatestPublisher(self.latest, latest_file).start()
+        self.server = ServerProcess(replace(spec, latest_file=str(latest_file)), self.runner)
         return self.server.start()
 
     def _stop_server(self) -> None:
