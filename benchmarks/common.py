@@ -99,14 +99,15 @@ def quantiles_ms(samples: Iterable[float]) -> dict[str, float]:
 
 class ProcessStats:
     """CPU seconds (process and per thread, by thread name) and RSS of this process, plus
-    those of the service's server process when ``server_pid`` is given."""
+    those of the service's child processes (:func:`children_of`)."""
 
-    def __init__(self, server_pid: int | None = None):
+    def __init__(self, children: dict[str, int | None] | None = None):
         self.proc = psutil.Process()
-        self.server = psutil.Process(server_pid) if server_pid else None
+        self.children = {name: psutil.Process(pid) for name, pid in (children or {}).items()
+                         if pid}
         self.t0 = time.perf_counter()
         self.cpu0 = self._cpu()
-        self.server_cpu0 = self._cpu(self.server) if self.server else 0.0
+        self.children_cpu0 = {name: self._cpu(p) for name, p in self.children.items()}
         self.threads0 = self._threads()
 
     def _cpu(self, proc: psutil.Process | None = None) -> float:
@@ -122,10 +123,10 @@ class ProcessStats:
         return out
 
     def rss_mb(self) -> float:
-        """RSS of this process and the server process together."""
+        """RSS of this process and the service's children together."""
         rss = self.proc.memory_info().rss
-        if self.server is not None:
-            rss += self.server.memory_info().rss
+        for child in self.children.values():
+            rss += child.memory_info().rss
         return rss / 2**20
 
     def report(self) -> dict[str, Any]:
@@ -141,12 +142,20 @@ class ProcessStats:
             "cpu_s_by_thread": threads,
             "rss_mb": round(self.rss_mb(), 1),
         }
-        if self.server is not None:
-            out["server_process"] = {
-                "cpu_s": round(self._cpu(self.server) - self.server_cpu0, 2),
-                "rss_mb": round(self.server.memory_info().rss / 2**20, 1),
+        for name, child in self.children.items():
+            child_cpu = self._cpu(child) - self.children_cpu0[name]
+            out[f"{name}_process"] = {
+                "cpu_s": round(child_cpu, 2),
+                "cpu_percent_of_one_core": round(100 * child_cpu / wall, 1) if wall else None,
+                "rss_mb": round(child.memory_info().rss / 2**20, 1),
             }
         return out
+
+
+def children_of(service) -> dict[str, int | None]:
+    """The pids of a running service's server and writer processes (None: on a thread)."""
+    return {"server": getattr(service.server, "pid", None),
+            "writer": getattr(service.writer, "pid", None)}
 
 
 def disk_bytes(*paths: Path) -> int:

@@ -30,6 +30,7 @@ from .common import (
     API_KEY,
     LatencyHistogram,
     ProcessStats,
+    children_of,
     count_all_rows,
     count_archived,
     disk_bytes,
@@ -336,7 +337,7 @@ def run_warden(n: int, m: int, rate: float, duration: float, warmup: float,
     note(f"warden: serving at {run.url}; creating the {n} streams")
     streams_s = run.prime(timeout=drain_timeout)
     note(f"warden: driving {n * m * rate:,.0f} values/s for {duration} s")
-    stats = ProcessStats(run.service.server.pid)
+    stats = ProcessStats(children_of(run.service))
     driver = run.drive(rate, duration, warmup=warmup)
     proc = stats.report()
     fin = run.finish(drain_timeout)
@@ -543,7 +544,7 @@ def figure_memory(quick: bool, values: int | None = None, n: int | None = None,
         tmp = Path(tmp)
         run = WardenRun(tmp, n, m)
         run.start()
-        stats = ProcessStats(run.service.server.pid)
+        stats = ProcessStats(children_of(run.service))
         rss_start = stats.rss_mb()
         run.sample_memory(stats, period=0.5 if quick else 2.0)
         note(f"memory: {values:,} values at {offered:,.0f}/s through {n} objects")

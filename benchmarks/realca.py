@@ -140,7 +140,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     from warden.config import WardenConfig
     from warden.service import WardenService
 
-    from .common import ProcessStats, count_archived
+    from .common import ProcessStats, children_of, count_archived
     from .ingest import _instrumented_latest_class, attributes
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ca-"))
@@ -169,7 +169,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     time.sleep(1.0)
     t0 = time.time()
     latest.since = latest.warm_until = t0  # time every row stamped inside the window
-    stats = ProcessStats(service.server.pid)
+    stats = ProcessStats(children_of(service))
     time.sleep(duration)
     t1 = time.time()
     proc = stats.report()

@@ -62,7 +62,8 @@ class Backend(Protocol):
     data_dir: Path | None  # where the backend keeps files on this machine (logs may go here)
 
     def sink(self, url: str, api_key: str) -> Sink:
-        """The ``(name, doc)`` callable that writes documents (put it behind QueuedWriter).
+        """The ``(name, doc)`` callable that writes documents (the service puts it behind
+        :class:`~catalog.writer.SpooledWriter`).
 
         ``url`` and ``api_key`` are those of the Tiled server that serves :attr:`tree`;
         a backend that writes to its database directly ignores them.

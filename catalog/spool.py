@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024
 SUFFIX = ".jsonl"
+POLL = 0.02  # s: how often a reader in another process looks for more
 
 
 class SpoolBusy(RuntimeError):
@@ -74,14 +76,97 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot spool a {type(value).__name__}")
 
 
-class Spool:
+class SpoolReader:
+    """Read a spool from its oldest segment on, while a :class:`Spool` (in this process or
+    another) appends to it.
+
+    The highest-numbered segment is the live one: it is read up to its last whole line. A
+    segment with a higher one beside it is finished (the appender closes a segment before it
+    begins the next).
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def _path(self, n: int) -> Path:
+        return self.directory / f"{n:012d}{SUFFIX}"
+
+    def segments(self) -> list[int]:
+        """Numbers of the segments on disk, oldest first."""
+        return sorted(int(p.stem) for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit())
+
+    def first(self) -> Position:
+        """Where reading starts: the oldest segment on disk."""
+        return Position(self.segments()[0], 0)
+
+    def read(self, pos: Position, max_bytes: int = 8 * 1024 * 1024
+             ) -> tuple[list[tuple[str, dict]], Position]:
+        """Whole documents from ``pos`` on (up to about ``max_bytes``), and where they end.
+
+        At the end of a finished segment, move to the next one. A finished segment that ends
+        in a torn line (a crash mid-write) loses only that line.
+        """
+        later = [n for n in self.segments() if n > pos.segment]  # before reading: see above
+        path = self._path(pos.segment)
+        with open(path, "rb") as f:
+            f.seek(pos.offset)
+            chunk = f.read(max_bytes)
+            if len(chunk) == max_bytes and b"\n" not in chunk:  # one line longer than that
+                chunk += f.readline()
+            at_end = not f.read(1)
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        docs = [decode(line) for line in whole.splitlines()]
+        next_pos = Position(pos.segment, pos.offset + len(whole))
+        if later and at_end:  # all of a finished segment
+            if len(whole) < len(chunk):
+                log.warning("spool segment %s ends in a torn line (%d bytes): dropped",
+                            path.name, len(chunk) - len(whole))
+            next_pos = Position(later[0], 0)
+        return docs, next_pos
+
+    def wait(self, after: Position, timeout: float) -> bool:
+        """Wait until there is something to read after ``after``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._path(after.segment).stat().st_size > after.offset:
+                    return True
+            except FileNotFoundError:
+                return True  # released: read() moves on
+            if any(n > after.segment for n in self.segments()):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(POLL, left))
+
+    def release(self, upto: Position) -> None:
+        """Delete the segments before ``upto`` (all of them is in the archive)."""
+        for n in self.segments():
+            if n < upto.segment:
+                self._path(n).unlink(missing_ok=True)
+
+    def pending_bytes(self, pos: Position) -> int:
+        """Bytes in the spool from ``pos`` to its end."""
+        total = -pos.offset
+        for n in self.segments():
+            if n >= pos.segment:
+                try:
+                    total += self._path(n).stat().st_size
+                except FileNotFoundError:
+                    continue
+        return max(0, total)
+
+
+class Spool(SpoolReader):
     """Append documents to ``directory``; read them back from the oldest segment on.
 
-    One appender (the RunEngine's callback thread) and one reader (the archive writer).
+    One appender (the RunEngine's callback thread) and one reader (the archive writer, a
+    thread of this process or a process of its own with a :class:`SpoolReader`).
     """
 
     def __init__(self, directory: str | Path, segment_bytes: int = SEGMENT_BYTES):
-        self.directory = Path(directory)
+        super().__init__(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self._owner = open(self.directory / "lock", "w")  # noqa: SIM115 - held while open
@@ -131,9 +216,6 @@ class Spool:
     def _open(self, n: int) -> int:
         return os.open(self._path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def _path(self, n: int) -> Path:
-        return self.directory / f"{n:012d}{SUFFIX}"
-
     @property
     def end(self) -> Position:
         """The position after the last document appended."""
@@ -141,7 +223,8 @@ class Spool:
             return self._end
 
     def wait(self, after: Position, timeout: float) -> bool:
-        """Wait until something is appended after ``after``; False on timeout."""
+        """Wait until something is appended after ``after``; False on timeout (in this
+        process: woken by the append itself)."""
         with self._lock:
             return self._lock.wait_for(lambda: self._end > after, timeout)
 
@@ -153,56 +236,3 @@ class Spool:
             if drained:
                 self._path(self._segment).unlink(missing_ok=True)
         self._owner.close()  # releases the lock
-
-    # -- reading ---------------------------------------------------------------------------
-    def segments(self) -> list[int]:
-        """Numbers of the segments on disk, oldest first."""
-        return sorted(int(p.stem) for p in self.directory.glob(f"*{SUFFIX}") if p.stem.isdigit())
-
-    def first(self) -> Position:
-        """Where reading starts: the oldest segment on disk."""
-        return Position(self.segments()[0], 0)
-
-    def read(self, pos: Position, max_bytes: int = 8 * 1024 * 1024
-             ) -> tuple[list[tuple[str, dict]], Position]:
-        """Whole documents from ``pos`` on (up to about ``max_bytes``), and where they end.
-
-        At the end of a finished segment, move to the next one. A finished segment that ends
-        in a torn line (a crash mid-write) loses only that line.
-        """
-        with self._lock:
-            live, end = pos.segment == self._segment, self._end
-        path = self._path(pos.segment)
-        with open(path, "rb") as f:
-            f.seek(pos.offset)
-            chunk = f.read(max_bytes if not live else min(max_bytes, end.offset - pos.offset))
-            if len(chunk) == max_bytes and b"\n" not in chunk:  # one line longer than that
-                chunk += f.readline()
-        whole = chunk[: chunk.rfind(b"\n") + 1]
-        docs = [decode(line) for line in whole.splitlines()]
-        next_pos = Position(pos.segment, pos.offset + len(whole))
-        if not live and pos.offset + len(chunk) >= path.stat().st_size:  # a finished segment
-            if len(whole) < len(chunk):
-                log.warning("spool segment %s ends in a torn line (%d bytes): dropped",
-                            path.name, len(chunk) - len(whole))
-            later = [n for n in self.segments() if n > pos.segment]
-            if later:
-                next_pos = Position(later[0], 0)
-        return docs, next_pos
-
-    def release(self, upto: Position) -> None:
-        """Delete the segments before ``upto`` (all of them is in the archive)."""
-        for n in self.segments():
-            if n < upto.segment:
-                self._path(n).unlink(missing_ok=True)
-
-    def pending_bytes(self, pos: Position) -> int:
-        """Bytes in the spool from ``pos`` to its end."""
-        total = -pos.offset
-        for n in self.segments():
-            if n >= pos.segment:
-                try:
-                    total += self._path(n).stat().st_size
-                except FileNotFoundError:
-                    continue
-        return max(0, total)

@@ -27,7 +27,7 @@ from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
 from .direct import DirectTables
-from .spool import Spool, encode
+from .spool import Position, Spool, SpoolReader, encode
 
 log = logging.getLogger(__name__)
 
@@ -241,19 +241,26 @@ class SpooledWriter:
     often; documents the archive refuses (4xx, bad data) are counted in ``errors`` and kept
     in ``rejected.jsonl`` beside the spool. Documents left in the spool by an earlier process
     are written first.
+
+    ``spool`` is a directory (this writer owns the spool and appends to it) or a
+    :class:`~catalog.spool.SpoolReader` on a spool another process appends to (the writer
+    process of :mod:`warden.writer_process`); ``on_progress`` is then told each change of
+    position and counters.
     """
 
     def __init__(
         self,
         sink: Callable[[str, dict], None],
-        spool: str | Path,
+        spool: str | Path | SpoolReader,
         on_written: Callable[[str, dict], None] | None = None,
         retry: float = 0.5,
         name: str = "archive-writer",
+        on_progress: Callable[[SpooledWriter], None] | None = None,
     ):
         self.sink = sink
-        self.spool = Spool(spool)
+        self.spool = spool if isinstance(spool, SpoolReader) else Spool(spool)
         self.on_written = on_written
+        self.on_progress = on_progress
         self.retry = retry
         self.errors = 0  # documents the archive refused
         self.written = 0  # rows of event pages written
@@ -272,6 +279,14 @@ class SpooledWriter:
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._write_spool()
+        except Exception as exc:  # a bug, not the archive away: the spool keeps the rest
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the archive writer stopped; unwritten documents stay in %s",
+                          self.spool.directory)
+
+    def _write_spool(self) -> None:
         while not self._abandon.is_set():
             docs, after = self.spool.read(self._position)
             if not docs and after == self._position:
@@ -285,6 +300,17 @@ class SpooledWriter:
                 self._position = after
                 self._done.notify_all()
             self.spool.release(after)
+            self._progress()
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    @property
+    def position(self) -> Position:
+        """Where the documents not yet in the archive begin."""
+        with self._done:
+            return self._position
 
     def _write_batch(self, docs: list[tuple[str, dict]]) -> bool:
         """Write ``docs`` (merged); on an outage, wait and write them again (the sink skips
@@ -308,6 +334,7 @@ class SpooledWriter:
                     log.warning("archive unreachable (%s); spooling to %s", exc,
                                 self.spool.directory)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._progress()
                 _resync(self.sink)
                 if self._abandon.wait(delay):
                     return False
@@ -351,9 +378,7 @@ class SpooledWriter:
     @property
     def backlog(self) -> int:
         """Bytes in the spool not yet in the archive."""
-        with self._done:
-            position = self._position
-        return self.spool.pending_bytes(position)
+        return self.spool.pending_bytes(self.position)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is spooled, for up to ``timeout`` seconds while the archive is away;
@@ -364,9 +389,18 @@ class SpooledWriter:
         if not self.join(timeout):
             log.warning("archive unreachable at close: %d bytes stay in the spool %s",
                         self.backlog, self.spool.directory)
+        self.abandon()
+        self.spool.close(drained=self._position >= self.spool.end)
+
+    def is_alive(self) -> bool:
+        """Whether the writer thread runs (it ends on close, or on a bug)."""
+        return self._thread.is_alive()
+
+    def abandon(self) -> None:
+        """Stop after the batch being written (at once while the archive is away) and close
+        the sink; what is not written stays in the spool."""
         self._abandon.set()
         self._thread.join()
-        self.spool.close(drained=self._position >= self.spool.end)
         close_sink = getattr(self.sink, "close", None)
         if close_sink is not None:
             close_sink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import fcntl
 import os
 import signal
 import subprocess
@@ -150,6 +151,50 @@ def test_archive_outage_spools_and_replays_exactly_once_across_a_restart(
 
 
 # -- kill -9 -----------------------------------------------------------------------------------
+def test_a_killed_writer_process_is_replaced_and_its_batch_lands_once(tmp_path):
+    """The writer is a process of its own: killed mid-stream, another takes its place and goes
+    on from the spool; every reading is in the archive exactly once."""
+    config = WardenConfig.model_validate({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}",
+        "timezone": ZONE.key,
+        "flush_interval": 0.2,
+        "objects": [{"name": "yi2-wcm3", "type": "WcmControl", "source": "sim",
+                     "mode": "monitor"}],
+    })
+    running = Running(config, dt.datetime(2001, 11, 6, 10, 0, tzinfo=ZONE))
+    writer = running.service.writer
+    try:
+        wait_for(lambda: writer.written >= 10, timeout=30)
+        first = writer.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: writer.restarts == 1, timeout=30)
+        assert writer.pid != first
+        after = writer.written
+        wait_for(lambda: writer.written >= after + 10, timeout=30)
+    finally:
+        running.service.stop()
+        running.thread.join(timeout=30)
+    assert writer.join(timeout=30)
+    try:
+        df = running.service.archive().day("yi2-wcm3", "2001-11-06")
+    finally:
+        running.service.close()
+    assert len(df) == running.rows() and len(df) > 10
+    assert not df.duplicated(subset=["time"]).any()
+    assert "exit code -9" in writer.last_error
+
+
+def writer_lock_free(spool: Path) -> bool:
+    """No writer process holds the spool's ``writer.lock``."""
+    with open(spool / "writer.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
 def answers(url: str) -> bool:
     try:
         httpx.get(f"{url}/healthz", timeout=2)
@@ -204,6 +249,7 @@ def test_kill_9_loses_at_most_a_flush_and_the_day_merges_both_runs(tmp_path):
         killed = time.time()
         proc.wait()
         wait_for(lambda: not answers(url), timeout=10)  # its server process ends with it
+        wait_for(lambda: writer_lock_free(tmp_path / "spool"), timeout=30)  # and its writer
         proc = start_warden(path)  # the spool of the killed process is replayed first
         wait_for(lambda: (archived_rows() or 0) > 20, timeout=60)
         proc.terminate()

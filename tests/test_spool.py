@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.spool import Position, Spool, SpoolBusy
+from catalog.spool import Position, Spool, SpoolBusy, SpoolReader
 
 
 def start(uid: str) -> dict:
@@ -80,6 +80,34 @@ def test_each_segment_begins_with_the_open_runs_so_it_replays_alone(tmp_path):
     spool.append("event_page", page(101))
     last, _ = spool.read(Position(spool.segments()[-1], 0), max_bytes=10_000)
     assert not any(d.get("uid") == "r1" for name, d in last if name == "start")
+    spool.close()
+
+
+def test_a_reader_of_another_process_gets_every_document_once_while_segments_roll(tmp_path):
+    """The writer process reads the files alone (no appender state): the live segment up to
+    its last whole line, a finished one to its end, then the next."""
+    spool = Spool(tmp_path, segment_bytes=500)
+    reader = SpoolReader(tmp_path)
+    spool.append("start", start("r1"))
+    spool.append("descriptor", descriptor("d1", "r1"))
+    pos, seen = reader.first(), []
+    for n in range(1, 40):
+        spool.append("event_page", page(n))
+        if n % 3 == 0:  # the reader keeps up now and then, mid-segment or after a roll
+            assert reader.wait(pos, timeout=1)
+            while True:
+                docs, after = reader.read(pos, max_bytes=200)
+                seen += [d["seq_num"][0] for name, d in docs if name == "event_page"]
+                if after == pos:
+                    break
+                pos = after
+            reader.release(pos)
+    live = tmp_path / f"{spool.segments()[-1]:012d}.jsonl"
+    with open(live, "ab") as f:
+        f.write(b'["event_page",{"descr')  # the appender mid-write: not read yet
+    assert seen == list(range(1, 40))
+    assert reader.read(pos) == ([], pos)
+    assert spool.segments()[0] == pos.segment  # the finished segments are deleted
     spool.close()
 
 

@@ -61,7 +61,7 @@ class ServerSpec:
 
 
 @contextlib.contextmanager
-def _caller_script_hidden():
+def caller_script_hidden():
     """Start a child without the caller's ``__main__``: multiprocessing would run the script
     that started the service again in the child (and start a service there too, unless the
     script guards itself with ``if __name__ == "__main__"``). The child needs nothing of it."""
@@ -73,9 +73,10 @@ def _caller_script_hidden():
         sys.modules["__main__"] = main
 
 
-def _context():
+def child_context():
+    """The service's children (server, writer) fork from one server that imported them."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload([__name__, "warden.writer_process"])
     return ctx
 
 
@@ -96,12 +97,12 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> str:
         """Start the child; return its base URL once it answers ``/healthz``."""
-        ctx = _context()
+        ctx = child_context()
         self._life, child_life = ctx.Pipe()
         self._control, child_control = ctx.Pipe()
         self._process = ctx.Process(target=serve, args=(self.spec, child_life, child_control),
                                     name="warden-server", daemon=True)
-        with _caller_script_hidden():
+        with caller_script_hidden():
             self._process.start()
         child_life.close()
         child_control.close()

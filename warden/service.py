@@ -1,12 +1,13 @@
 """The warden service: devices, the monitoring plan, the archive writer and the Tiled server.
 
-Two processes. The service's: the RunEngine runs the monitoring plan (the caller's thread),
-ophyd/pyepics deliver updates on theirs, the archive writer drains the spool on its own and
+Three processes. The service's: the RunEngine runs the monitoring plan (the caller's thread),
+ophyd/pyepics deliver updates on theirs, every document goes to the spool and
 :class:`~catalog.latest.LatestPublisher` copies ``latest`` to a file ten times a second. The
 server's (:mod:`warden.server_process`): uvicorn serves ``/archive`` and ``/latest`` from it,
-so that no request waits for the service's interpreter lock. An in-memory archive
-(``mongomock://``) cannot be opened by another process: its server runs on a thread of the
-service instead.
+so that no request waits for the service's interpreter lock. The writer's
+(:mod:`warden.writer_process`): it drains the spool into the archive on the other core. An
+in-memory archive (``mongomock://``) cannot be opened by another process: its server and its
+writer run on threads of the service instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from warden_devices.sim import SimUpstream
 from .config import ConfigError, WardenConfig
 from .plugins.runner import PluginRunner, PluginState, discover
 from .server_process import ServerProcess, ServerSpec, service_server
+from .writer_process import WriterProcess, WriterSpec
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class WardenService:
         self.server: TiledServer | ServerProcess | None = None
         self.publisher: LatestPublisher | None = None
         self._latest_dir: str | None = None
-        self.writer: SpooledWriter | None = None
+        self.writer: SpooledWriter | WriterProcess | None = None
         self.reconnect: ReconnectWatch | None = None
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
@@ -139,8 +141,7 @@ class WardenService:
             self.reconnect = ReconnectWatch(channels_of(signals)).start()  # within a second
         try:
             self.url = self._start_server()
-            self.writer = SpooledWriter(self.backend.sink(self.url, self.api_key),
-                                        self.spool_dir, on_written=self.latest.archived)
+            self.writer = self._start_writer()
         except BaseException:
             self._stop_server()
             raise
@@ -171,6 +172,17 @@ class WardenService:
         self.publisher = LatestPublisher(self.latest, latest_file).start()
         self.server = ServerProcess(replace(spec, latest_file=str(latest_file)), self.runner)
         return self.server.start()
+
+    def _start_writer(self) -> SpooledWriter | WriterProcess:
+        """The archive writer in a process of its own, or on a thread for an in-memory
+        archive."""
+        if scheme_of(self.backend.uri) == "mongomock":
+            return SpooledWriter(self.backend.sink(self.url, self.api_key), self.spool_dir,
+                                 on_written=self.latest.archived)
+        data_dir = str(self.backend.data_dir) if self.backend.data_dir else None
+        spec = WriterSpec(self.backend.uri, data_dir, self.url, self.api_key,
+                          str(self.spool_dir))
+        return WriterProcess(spec, on_written=self.latest.archived)
 
     def _stop_server(self) -> None:
         if self.server is not None:

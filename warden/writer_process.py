@@ -1,0 +1,239 @@
+"""The archive writer in a process of its own.
+
+In the service's process the writer shares one interpreter lock with the monitoring plan and
+the devices' callbacks: at 1,000 objects and 20,000 values/s the process was bound by it, and
+the writer, which gets its share last, stayed 16-33 s behind (issue 4). So the service runs
+the writer in a child on the other core. The spool is the boundary between them:
+
+* the service appends every document to the spool (:class:`catalog.spool.Spool`, as before);
+* the child reads the spool's files (:class:`catalog.spool.SpoolReader`), writes the archive
+  through :class:`catalog.writer.SpooledWriter` and deletes what is written;
+* after each batch the child reports its position and counters, and what it wrote (the
+  streams and their timestamps, for ``latest``'s ``archived_time``).
+
+The child ends when the service says so or is gone (its end of the pipe closes, even on
+``kill -9``). If the child dies, the service starts another, which goes on from the spool.
+A child takes ``writer.lock`` in the spool first, so a child of a killed service finishes its
+batch before the next one begins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalog.backends import open_backend
+from catalog.spool import Spool, SpoolReader
+from catalog.writer import SpooledWriter
+
+from .server_process import caller_script_hidden, child_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriterSpec:
+    """What the child needs to write the service's archive (all of it picklable)."""
+
+    archive: str  # the archive URI, opened again in the child
+    data_dir: str | None  # a PostgreSQL archive's array directory
+    url: str  # the service's Tiled server (new runs, streams and arrays go through it)
+    api_key: str
+    spool: str
+
+
+class WriterProcess:
+    """The archive writer as the service sees it: the calls and counters of
+    :class:`catalog.writer.SpooledWriter`, with the writing done in a child process."""
+
+    def __init__(self, spec: WriterSpec, on_written: Callable[[str, dict], None] | None = None,
+                 start_timeout: float = 120.0):
+        self.spec = spec
+        self.spool = Spool(spec.spool)  # the service appends; the child reads
+        self.on_written = on_written
+        self.errors = 0  # documents the archive refused
+        self.written = 0  # rows of event pages written
+        self.outages = 0  # times the archive became unreachable
+        self.unavailable_since: float | None = None
+        self.last_error = ""
+        self.restarts = 0  # children started again after one ended unasked
+        self._position = self.spool.first()
+        self._done = threading.Condition()
+        self._closing = False
+        self._counted = {"errors": 0, "written": 0, "outages": 0}  # by the children before
+        self._process = self._commands = None
+        try:
+            self._start_child(start_timeout)
+        except BaseException:
+            self.spool.close()
+            raise
+        self._receiver = threading.Thread(target=self._receive, name="archive-writer-reports",
+                                          daemon=True)
+        self._receiver.start()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.spool.append(name, doc)
+
+    def _start_child(self, timeout: float) -> None:
+        ctx = child_context()
+        commands, self._commands = ctx.Pipe(duplex=False)
+        self._reports, reports = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=write, args=(self.spec, commands, reports),
+                                    name="warden-writer", daemon=True)
+        with caller_script_hidden():
+            self._process.start()
+        commands.close()
+        reports.close()
+        try:
+            if not self._reports.poll(timeout):
+                raise RuntimeError(f"it did not start in {timeout:.0f} s")
+            kind, value = self._reports.recv()
+        except (EOFError, RuntimeError) as err:
+            self._process.kill()
+            raise RuntimeError(f"the archive writer process failed to start: "
+                               f"{err or 'it exited'}") from None
+        if kind == "error":
+            self._process.join(timeout=10)
+            raise RuntimeError(value)
+
+    def _receive(self) -> None:
+        """Take the child's reports; start another child if one ends unasked."""
+        delay = 1.0
+        while True:
+            try:
+                report = self._reports.recv()
+            except (EOFError, OSError):
+                if self._closing:
+                    break
+                delay = self._restart(delay)
+                continue
+            for name, doc in report.pop("documents"):
+                if self.on_written is not None:
+                    self.on_written(name, doc)
+            with self._done:
+                self._update(report)
+                self._done.notify_all()
+        with self._done:
+            self._done.notify_all()
+
+    def _update(self, report: dict[str, Any]) -> None:
+        self._position = report["position"]
+        for key, base in self._counted.items():
+            setattr(self, key, base + report[key])
+        self.unavailable_since = report["unavailable_since"]
+        self.last_error = report["last_error"] or self.last_error
+
+    def _restart(self, delay: float) -> float:
+        self._process.join(timeout=5)
+        code = self._process.exitcode
+        log.error("the archive writer process ended (exit code %s); starting another in "
+                  "%.0f s", code, delay)
+        with self._done:
+            self._counted = {k: getattr(self, k) for k in self._counted}
+            self.last_error = f"the archive writer process ended (exit code {code})"
+        time.sleep(delay)
+        if self._closing:
+            return delay
+        try:
+            self._start_child(timeout=120.0)
+            self.restarts += 1
+        except RuntimeError as err:
+            log.error("%s", err)
+        return min(delay * 2, 60.0)
+
+    # -- waiting and closing ---------------------------------------------------------------
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every document given so far is in the archive; False on timeout."""
+        end = self.spool.end
+        with self._done:
+            return self._done.wait_for(lambda: self._position >= end, timeout)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes in the spool not yet in the archive."""
+        with self._done:
+            position = self._position
+        return self.spool.pending_bytes(position)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is spooled, for up to ``timeout`` seconds while the archive is away;
+        then stop the child. What is not written stays in the spool for the next start."""
+        if self._closing:
+            return
+        if not self.join(timeout):
+            log.warning("archive unreachable at close: %d bytes stay in the spool %s",
+                        self.backlog, self.spool.directory)
+        self._closing = True
+        try:
+            self._commands.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(60)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._receiver.join(timeout=10)
+        self._commands.close()
+        self.spool.close(drained=self._position >= self.spool.end)
+
+
+def write(spec: WriterSpec, commands: Connection, reports: Connection) -> None:
+    """The child's main: write the spool to the archive until told to stop or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us once it has drained
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lock = open(Path(spec.spool) / "writer.lock", "w")  # noqa: SIM115 - held until exit
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a killed service's writer finishes its batch first
+    try:
+        backend = open_backend(spec.archive, data_dir=spec.data_dir, init=False)
+        sink = backend.sink(spec.url, spec.api_key)
+    except Exception as err:  # noqa: BLE001 - the service raises it
+        reports.send(("error", f"the archive writer did not start: {type(err).__name__}: "
+                               f"{err}"))
+        return
+    reports.send(("ready", None))
+    documents: list[tuple[str, dict]] = []
+
+    def on_written(name: str, doc: dict) -> None:
+        documents.append((name, _summary(name, doc)))
+
+    def on_progress(writer: SpooledWriter) -> None:
+        reports.send({
+            "position": writer.position, "written": writer.written, "errors": writer.errors,
+            "outages": writer.outages, "unavailable_since": writer.unavailable_since,
+            "last_error": writer.last_error, "documents": documents[:],
+        })
+        documents.clear()
+
+    writer = SpooledWriter(sink, SpoolReader(spec.spool), on_written, on_progress=on_progress)
+    try:
+        while writer.is_alive() and not commands.poll(0.5):
+            pass  # "stop", or the service gone (EOF: poll returns True)
+    finally:
+        writer.abandon()
+        backend.close()
+        with contextlib.suppress(OSError):  # the last counters (and error), if anyone listens
+            on_progress(writer)
+
+
+def _summary(name: str, doc: dict) -> dict:
+    """What the service needs of a written document: its stream, and an event page's
+    timestamps (latest's ``archived_time``)."""
+    out = {k: doc[k] for k in ("uid", "run_start", "descriptor", "name") if k in doc}
+    if name == "event_page":
+        out["timestamps"] = {k: np.asarray(v, dtype=float) for k, v in doc["timestamps"].items()}
+    return out
