@@ -177,6 +177,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     service.stop()
     plan.join(timeout=300)
     drained = latest.stop_written.wait(300)
+    latest.settle()
     counted = count_archived(tmp / "archive.tables.db", attributes(m), t0, t1)
     return {"values_in_window": counted["values"], "rows_in_window": counted["rows"],
             "values_per_s": round(counted["values"] / duration, 1),

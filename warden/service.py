@@ -32,7 +32,7 @@ from catalog.writer import SpooledWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
-from plans.monitor import light_page_validation, monitor_objects
+from plans.monitor import cached_protocol_checks, light_page_validation, monitor_objects
 from warden_devices.build import build_derived, build_device, build_source, build_target
 from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
@@ -212,7 +212,7 @@ class WardenService:
         RE.subscribe(self.writer)
         if self.ascii is not None:  # in emission order, so `export-ascii` matches the file
             RE.subscribe(self.ascii)
-        with light_page_validation():
+        with light_page_validation(), cached_protocol_checks():
             RE(self.plan())
 
     def plan(self):
