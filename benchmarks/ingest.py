@@ -167,10 +167,11 @@ def _instrumented_latest_class():
             self._lock = threading.Lock()
 
         def _stamps(self, doc: dict) -> list[float] | None:
+            """The rows' upstream times of a page (or of what the writer says it wrote)."""
             stream = self._streams.get(doc.get("descriptor", ""))
             if stream is None or stream == CONNECTION_STREAM:
                 return None
-            return doc["timestamps"].get(self.key)
+            return doc["newest"] if "newest" in doc else doc["timestamps"].get(self.key)
 
         def __call__(self, name: str, doc: dict) -> None:
             super().__call__(name, doc)
@@ -308,7 +309,13 @@ class WardenRun:
         node created, as in a service that has been running. Return the seconds taken."""
         t0 = time.perf_counter()
         self.drive(1.0, 1.0)  # one round
-        self.service.writer.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.latest.values_seen < self.n * self.m:  # every page emitted (the first
+            if time.monotonic() > deadline:               # flush declares N streams)
+                raise RuntimeError("the plan did not emit a page of every object")
+            time.sleep(0.05)
+        if not self.service.writer.join(timeout=timeout):
+            raise RuntimeError(f"the writer did not create the {self.n} streams in {timeout} s")
         return time.perf_counter() - t0
 
     def sample_memory(self, stats: ProcessStats, period: float = 1.0) -> None:

@@ -92,10 +92,11 @@ class LatestStore:
         return id(self._latest[name]), self._archived.get(name)
 
     def archived(self, name: str, doc: dict) -> None:
-        """Note a document the archive writer has written (its ``on_written`` hook)."""
+        """Note a document the archive writer has written (its ``on_written`` hook, told
+        :func:`catalog.writer.written_summary`)."""
         stream = self._streams.get(doc.get("descriptor", ""))
-        if name == "event_page" and stream in self._latest:
-            self._archived[stream] = max(max(ts) for ts in doc["timestamps"].values())
+        if name == "event_page" and stream in self._latest and doc["newest"]:
+            self._archived[stream] = max(doc["newest"])
 
     # -- document callback -------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 64 * 1024 * 1024
 SUFFIX = ".jsonl"
 POLL = 0.02  # s: how often a reader in another process looks for more
+READ_BYTES = 8 * 1024 * 1024  # at most this much per read (one batch of the writer)
 
 
 class SpoolBusy(RuntimeError):
@@ -87,6 +88,7 @@ class SpoolReader:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
+        self._looked = Position(0, 0)  # how far the last read looked (a part line included)
 
     def _path(self, n: int) -> Path:
         return self.directory / f"{n:012d}{SUFFIX}"
@@ -99,7 +101,7 @@ class SpoolReader:
         """Where reading starts: the oldest segment on disk."""
         return Position(self.segments()[0], 0)
 
-    def read(self, pos: Position, max_bytes: int = 8 * 1024 * 1024
+    def read(self, pos: Position, max_bytes: int = READ_BYTES
              ) -> tuple[list[tuple[str, dict]], Position]:
         """Whole documents from ``pos`` on (up to about ``max_bytes``), and where they end.
 
@@ -114,6 +116,7 @@ class SpoolReader:
             if len(chunk) == max_bytes and b"\n" not in chunk:  # one line longer than that
                 chunk += f.readline()
             at_end = not f.read(1)
+        self._looked = Position(pos.segment, pos.offset + len(chunk))
         whole = chunk[: chunk.rfind(b"\n") + 1]
         docs = [decode(line) for line in whole.splitlines()]
         next_pos = Position(pos.segment, pos.offset + len(whole))
@@ -127,12 +130,13 @@ class SpoolReader:
     def wait(self, after: Position, timeout: float) -> bool:
         """Wait until there is something to read after ``after``; False on timeout."""
         deadline = time.monotonic() + timeout
+        looked = self._looked.offset if self._looked.segment == after.segment else 0
         while True:
-            try:
-                if self._path(after.segment).stat().st_size > after.offset:
+            try:  # more than the last read saw (not only the same part of a line again)
+                if self._path(after.segment).stat().st_size > max(after.offset, looked):
                     return True
             except FileNotFoundError:
-                return True  # released: read() moves on
+                return True  # deleted under us: read() says so
             if any(n > after.segment for n in self.segments()):
                 return True
             left = deadline - time.monotonic()

@@ -27,7 +27,7 @@ from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
 from .direct import DirectTables
-from .spool import Position, Spool, SpoolReader, encode
+from .spool import READ_BYTES, Position, Spool, SpoolReader, encode
 
 log = logging.getLogger(__name__)
 
@@ -240,12 +240,15 @@ class SpooledWriter:
     documents in the spool and tries again, every ``retry`` seconds at first and then less
     often; documents the archive refuses (4xx, bad data) are counted in ``errors`` and kept
     in ``rejected.jsonl`` beside the spool. Documents left in the spool by an earlier process
-    are written first.
+    are written first. ``on_written(name, summary)`` is told of each document written and
+    committed (:func:`written_summary`).
 
     ``spool`` is a directory (this writer owns the spool and appends to it) or a
-    :class:`~catalog.spool.SpoolReader` on a spool another process appends to (the writer
-    process of :mod:`warden.writer_process`); ``on_progress`` is then told each change of
-    position and counters.
+    :class:`~catalog.spool.SpoolReader` on a spool another process appends to and waits on
+    (the writer process of :mod:`warden.writer_process`, which reads :attr:`position` and the
+    counters in ``on_progress`` after each change, and ends with :meth:`abandon`). There,
+    ``replayed_until`` is where the writer before it had got to: the documents before it are
+    written again (the sink skips what the archive holds) without being counted or reported.
     """
 
     def __init__(
@@ -256,6 +259,7 @@ class SpooledWriter:
         retry: float = 0.5,
         name: str = "archive-writer",
         on_progress: Callable[[SpooledWriter], None] | None = None,
+        replayed_until: Position | None = None,
     ):
         self.sink = sink
         self.spool = spool if isinstance(spool, SpoolReader) else Spool(spool)
@@ -268,6 +272,7 @@ class SpooledWriter:
         self.unavailable_since: float | None = None  # time.time() of the first failure
         self.last_error = ""
         self._position = self.spool.first()
+        self._replayed_until = replayed_until
         self._done = threading.Condition()
         self._closing = threading.Event()
         self._abandon = threading.Event()
@@ -285,16 +290,24 @@ class SpooledWriter:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("the archive writer stopped; unwritten documents stay in %s",
                           self.spool.directory)
+        finally:
+            with self._done:
+                self._done.notify_all()  # join() returns: nothing more will be written
 
     def _write_spool(self) -> None:
         while not self._abandon.is_set():
-            docs, after = self.spool.read(self._position)
+            replay = self._replayed_until is not None and self._position < self._replayed_until
+            if replay and self._position.segment == self._replayed_until.segment:
+                docs, after = self.spool.read(self._position, max_bytes=min(  # (a batch end)
+                    READ_BYTES, self._replayed_until.offset - self._position.offset))
+            else:
+                docs, after = self.spool.read(self._position)
             if not docs and after == self._position:
                 if self._closing.is_set():
                     return
                 self.spool.wait(self._position, timeout=0.5)
                 continue
-            if not self._write_batch(docs):
+            if not self._write_batch(docs, report=not replay):
                 return  # abandoned while the archive was away: the spool keeps the rest
             with self._done:
                 self._position = after
@@ -312,9 +325,10 @@ class SpooledWriter:
         with self._done:
             return self._position
 
-    def _write_batch(self, docs: list[tuple[str, dict]]) -> bool:
+    def _write_batch(self, docs: list[tuple[str, dict]], report: bool = True) -> bool:
         """Write ``docs`` (merged); on an outage, wait and write them again (the sink skips
-        what already landed). False if told to give up."""
+        what already landed). Count them and tell ``on_written`` if ``report``. False if
+        told to give up."""
         delay = self.retry
         while True:
             try:
@@ -344,11 +358,11 @@ class SpooledWriter:
                 log.warning("archive back after %.1f s; spool replayed",
                             time.time() - self.unavailable_since)
                 self.unavailable_since = None
-            for name, doc in written:
+            for name, doc in written if report else ():
                 if name == "event_page":
                     self.written += len(doc["seq_num"])
                 if self.on_written is not None:
-                    self.on_written(name, doc)
+                    self.on_written(name, written_summary(name, doc))
             return True
 
     def _write(self, name: str, doc: dict) -> bool:
@@ -368,12 +382,14 @@ class SpooledWriter:
 
     # -- waiting and closing ---------------------------------------------------------------
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every document given so far is in the archive; False on timeout."""
+        """Wait until every document given so far is in the archive; False on timeout or if
+        the writer stopped first."""
         end = self.spool.end
         with self._done:
-            return self._done.wait_for(
+            self._done.wait_for(
                 lambda: self._position >= end or not self._thread.is_alive(), timeout
             )
+            return self._position >= end
 
     @property
     def backlog(self) -> int:
@@ -404,6 +420,16 @@ class SpooledWriter:
         close_sink = getattr(self.sink, "close", None)
         if close_sink is not None:
             close_sink()
+
+
+def written_summary(name: str, doc: dict) -> dict:
+    """What ``on_written`` is told of a document written: an event page's stream
+    (``descriptor``) and each row's newest upstream timestamp (``newest``); of any other
+    document its ``uid`` and ``run_start``. Small, so the writer process sends it cheaply."""
+    if name == "event_page":
+        return {"descriptor": doc["descriptor"],
+                "newest": list(map(max, zip(*doc["timestamps"].values(), strict=True)))}
+    return {k: doc[k] for k in ("uid", "run_start") if k in doc}
 
 
 def _unreachable(exc: BaseException) -> bool:

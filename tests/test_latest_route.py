@@ -62,7 +62,7 @@ def filled_store() -> LatestStore:
     store("descriptor", {"uid": "d-ring", "name": RING})
     store("event_page", {"descriptor": "d-ring", "seq_num": [1], "data": {"energy": [100.0]},
                          "timestamps": {"energy": [T0 + 3]}})
-    store.archived("event_page", {"descriptor": "d-ring", "timestamps": {"energy": [T0 + 3]}})
+    store.archived("event_page", {"descriptor": "d-ring", "newest": [T0 + 3]})
     return store
 
 

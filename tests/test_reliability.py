@@ -176,12 +176,16 @@ def test_a_killed_writer_process_is_replaced_and_its_batch_lands_once(tmp_path):
         running.thread.join(timeout=30)
     assert writer.join(timeout=30)
     try:
-        df = running.service.archive().day("yi2-wcm3", "2001-11-06")
+        archive = running.service.archive()
+        df = archive.day("yi2-wcm3", "2001-11-06")
+        connections = archive.connections("yi2-wcm3", "2001-11-06")
     finally:
         running.service.close()
     assert len(df) == running.rows() and len(df) > 10
     assert not df.duplicated(subset=["time"]).any()
     assert "exit code -9" in writer.last_error
+    # what the second writer wrote again of the first one's batches is not counted twice
+    assert writer.written == len(df) + len(connections)
 
 
 def writer_lock_free(spool: Path) -> bool:

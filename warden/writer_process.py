@@ -8,13 +8,15 @@ the writer in a child on the other core. The spool is the boundary between them:
 * the service appends every document to the spool (:class:`catalog.spool.Spool`, as before);
 * the child reads the spool's files (:class:`catalog.spool.SpoolReader`), writes the archive
   through :class:`catalog.writer.SpooledWriter` and deletes what is written;
-* after each batch the child reports its position and counters, and what it wrote (the
-  streams and their timestamps, for ``latest``'s ``archived_time``).
+* after each batch the child reports its position and counters, and what it wrote
+  (:func:`catalog.writer.written_summary`: for ``latest``'s ``archived_time``).
 
 The child ends when the service says so or is gone (its end of the pipe closes, even on
-``kill -9``). If the child dies, the service starts another, which goes on from the spool.
-A child takes ``writer.lock`` in the spool first, so a child of a killed service finishes its
-batch before the next one begins.
+``kill -9``). If the child is killed or crashes, the service starts another, which goes on
+from the spool (what the first had not reported is written again, without being counted
+twice); if it stops on a bug, it is not started again (it would stop on the same document)
+and the spool keeps the rest. A child takes ``writer.lock`` in the spool first, so a child of
+a killed service finishes its batch before the next one begins.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.backends import open_backend
-from catalog.spool import Spool, SpoolReader
+from catalog.spool import Position, Spool, SpoolReader
 from catalog.writer import SpooledWriter
 
 from .server_process import caller_script_hidden, child_context
@@ -65,10 +67,12 @@ class WriterProcess:
         self.outages = 0  # times the archive became unreachable
         self.unavailable_since: float | None = None
         self.last_error = ""
-        self.restarts = 0  # children started again after one ended unasked
+        self.restarts = 0  # children started again after one was killed or crashed
         self._position = self.spool.first()
         self._done = threading.Condition()
-        self._closing = False
+        self._life = threading.Lock()  # a child starts, or the writer closes: not both
+        self._closing = threading.Event()
+        self._failed = False  # the child stopped on a bug (not restarted: it would again)
         self._counted = {"errors": 0, "written": 0, "outages": 0}  # by the children before
         self._process = self._commands = None
         try:
@@ -87,14 +91,16 @@ class WriterProcess:
     def __call__(self, name: str, doc: dict) -> None:
         self.spool.append(name, doc)
 
-    def _start_child(self, timeout: float) -> None:
+    def _start_child(self, timeout: float, replayed_until: Position | None = None) -> None:
         ctx = child_context()
         commands, self._commands = ctx.Pipe(duplex=False)
         self._reports, reports = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=write, args=(self.spec, commands, reports),
+        self._process = ctx.Process(target=write,
+                                    args=(self.spec, commands, reports, replayed_until),
                                     name="warden-writer", daemon=True)
         with caller_script_hidden():
             self._process.start()
+        self._started = time.monotonic()
         commands.close()
         reports.close()
         try:
@@ -104,7 +110,7 @@ class WriterProcess:
         except (EOFError, RuntimeError) as err:
             self._process.kill()
             raise RuntimeError(f"the archive writer process failed to start: "
-                               f"{err or 'it exited'}") from None
+                               f"{str(err) or 'it exited'}") from None
         if kind == "error":
             self._process.join(timeout=10)
             raise RuntimeError(value)
@@ -116,9 +122,9 @@ class WriterProcess:
             try:
                 report = self._reports.recv()
             except (EOFError, OSError):
-                if self._closing:
+                if self._closing.is_set() or self._failed or not self._restart(delay):
                     break
-                delay = self._restart(delay)
+                delay = 1.0 if time.monotonic() - self._started > 60 else min(delay * 2, 60.0)
                 continue
             for name, doc in report.pop("documents"):
                 self._written(name, doc)
@@ -142,8 +148,13 @@ class WriterProcess:
             setattr(self, key, base + report[key])
         self.unavailable_since = report["unavailable_since"]
         self.last_error = report["last_error"] or self.last_error
+        if report["failed"]:
+            self._failed = True
+            log.error("the archive writer stopped (%s); what is not written stays in the "
+                      "spool %s for the next start", self.last_error, self.spool.directory)
 
-    def _restart(self, delay: float) -> float:
+    def _restart(self, delay: float) -> bool:
+        """Start another child after ``delay`` seconds; False if the writer is closing."""
         self._process.join(timeout=5)
         code = self._process.exitcode
         log.error("the archive writer process ended (exit code %s); starting another in "
@@ -151,22 +162,27 @@ class WriterProcess:
         with self._done:
             self._counted = {k: getattr(self, k) for k in self._counted}
             self.last_error = f"the archive writer process ended (exit code {code})"
-        time.sleep(delay)
-        if self._closing:
-            return delay
-        try:
-            self._start_child(timeout=120.0)
-            self.restarts += 1
-        except RuntimeError as err:
-            log.error("%s", err)
-        return min(delay * 2, 60.0)
+            position = self._position
+        if self._closing.wait(delay):
+            return False
+        with self._life:
+            if self._closing.is_set():
+                return False
+            try:
+                self._start_child(timeout=120.0, replayed_until=position)
+                self.restarts += 1
+            except RuntimeError as err:
+                log.error("%s", err)
+        return True
 
     # -- waiting and closing ---------------------------------------------------------------
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every document given so far is in the archive; False on timeout."""
+        """Wait until every document given so far is in the archive; False on timeout or if
+        the writer stopped on a bug first."""
         end = self.spool.end
         with self._done:
-            return self._done.wait_for(lambda: self._position >= end, timeout)
+            self._done.wait_for(lambda: self._position >= end or self._failed, timeout)
+            return self._position >= end
 
     @property
     def backlog(self) -> int:
@@ -178,27 +194,30 @@ class WriterProcess:
     def close(self, timeout: float = 30.0) -> None:
         """Write what is spooled, for up to ``timeout`` seconds while the archive is away;
         then stop the child. What is not written stays in the spool for the next start."""
-        if self._closing:
+        if self._closing.is_set():
             return
         if not self.join(timeout):
             log.warning("archive unreachable at close: %d bytes stay in the spool %s",
                         self.backlog, self.spool.directory)
-        self._closing = True
-        try:
-            self._commands.send("stop")
-        except (BrokenPipeError, OSError):
-            pass
-        self._process.join(60)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._receiver.join(timeout=10)
+        with self._life:
+            self._closing.set()
+            try:
+                self._commands.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            self._process.join(60)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._receiver.join()
         self._commands.close()
         self.spool.close(drained=self._position >= self.spool.end)
 
 
-def write(spec: WriterSpec, commands: Connection, reports: Connection) -> None:
-    """The child's main: write the spool to the archive until told to stop or orphaned."""
+def write(spec: WriterSpec, commands: Connection, reports: Connection,
+          replayed_until: Position | None = None) -> None:
+    """The child's main: write the spool to the archive until told to stop or orphaned.
+    ``replayed_until``: where the child before this one had got to (see SpooledWriter)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us once it has drained
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lock = open(Path(spec.spool) / "writer.lock", "w")  # noqa: SIM115 - held until exit
@@ -213,32 +232,27 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection) -> None:
     reports.send(("ready", None))
     documents: list[tuple[str, dict]] = []
 
-    def on_written(name: str, doc: dict) -> None:
-        documents.append((name, _summary(name, doc)))
+    def on_written(name: str, summary: dict) -> None:
+        documents.append((name, summary))
 
     def on_progress(writer: SpooledWriter) -> None:
         reports.send({
             "position": writer.position, "written": writer.written, "errors": writer.errors,
             "outages": writer.outages, "unavailable_since": writer.unavailable_since,
             "last_error": writer.last_error, "documents": documents[:],
+            "failed": not writer.is_alive() and not stopping,
         })
         documents.clear()
 
-    writer = SpooledWriter(sink, SpoolReader(spec.spool), on_written, on_progress=on_progress)
+    stopping = False
+    writer = SpooledWriter(sink, SpoolReader(spec.spool), on_written, on_progress=on_progress,
+                           replayed_until=replayed_until)
     try:
         while writer.is_alive() and not commands.poll(0.5):
             pass  # "stop", or the service gone (EOF: poll returns True)
+        stopping = writer.is_alive()
     finally:
         writer.abandon()
         backend.close()
         with contextlib.suppress(OSError):  # the last counters (and error), if anyone listens
             on_progress(writer)
-
-
-def _summary(name: str, doc: dict) -> dict:
-    """What the service needs of a written document: its stream, and an event page's
-    timestamps (latest's ``archived_time``)."""
-    out = {k: doc[k] for k in ("uid", "run_start", "descriptor", "name") if k in doc}
-    if name == "event_page":  # lists as read from the spool: 5x cheaper to pickle than arrays
-        out["timestamps"] = doc["timestamps"]
-    return out
