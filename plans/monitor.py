@@ -248,4 +248,8 @@ def monitor_objects(
             yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md,
                                    exchanges, exchange_log)
 
-    return (yield from inner())
+    # Not rewindable: the RunEngine keeps every message since the last checkpoint, to replay
+    # them after a pause. This plan has no checkpoint (replaying a collect would archive
+    # nothing again), so the RunEngine kept every message of the service's life: 5 MB per
+    # million values archived (benchmarks/README.md, memory).
+    return (yield from bpp.rewindable_wrapper(inner(), False))

@@ -283,3 +283,26 @@ def test_protocol_checks_answer_the_same_with_their_attributes_cached():
     assert plain[6] and not any(plain[8:])  # the device reads; a plain object is nothing
     assert typing._get_protocol_attrs is original
     device.destroy()
+
+
+def test_the_run_engine_keeps_no_message_of_the_plan_for_rewinding(tmp_path):
+    """The monitoring plan runs for months: the RunEngine must not keep its messages to replay
+    them after a pause (it did, every one of them, without a checkpoint)."""
+    service = WardenService(sim_config(tmp_path), port=0, api_key=API_KEY)
+    service.sim.update_period = 0.05
+    service.start()
+    seen: list[tuple[bool, int]] = []
+    runner = threading.Thread(target=service.run)
+    try:
+        runner.start()
+        wait_for(lambda: service.latest.get("yi2-wcm3")["rows"] > 20, timeout=30)
+        engine = service.engine  # the RunEngine running the plan
+        for _ in range(5):
+            seen.append((engine.rewindable, len(engine._msg_cache or ())))
+            time.sleep(0.3)
+    finally:
+        service.stop()
+        runner.join(timeout=30)
+        service.close()
+    assert all(not rewindable and cached == 0 for rewindable, cached in seen), seen
+    assert engine.rewindable  # restored when the plan ends

@@ -123,6 +123,7 @@ class WardenService:
         self._latest_dir: str | None = None
         self.writer: SpooledWriter | WriterProcess | None = None
         self.reconnect: ReconnectWatch | None = None
+        self.engine: RunEngine | None = None  # the RunEngine of run()
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
             if config.ascii else None
@@ -207,7 +208,7 @@ class WardenService:
         if self.sim is not None:
             self.sim.start()
         self.runner.start()
-        RE = RunEngine({}, context_managers=[])
+        RE = self.engine = RunEngine({}, context_managers=[])
         RE.subscribe(self.latest)
         RE.subscribe(self.writer)
         if self.ascii is not None:  # in emission order, so `export-ascii` matches the file
