@@ -80,6 +80,30 @@ def child_context():
     return ctx
 
 
+def start_child(target, args: tuple, name: str, answers: Connection,
+                child_ends: tuple[Connection, ...], what: str, timeout: float):
+    """Start ``target(*args)`` in a child (``child_ends``: its ends of the pipes, closed here
+    once it has them); return the process and the first thing it sends on ``answers``. A
+    child that sends ``("error", message)``, ends or stays silent ``timeout`` seconds raises
+    RuntimeError naming ``what``."""
+    process = child_context().Process(target=target, args=args, name=name, daemon=True)
+    with caller_script_hidden():
+        process.start()
+    for end in child_ends:
+        end.close()
+    try:
+        if not answers.poll(timeout):
+            raise RuntimeError(f"it did not start in {timeout:.0f} s")
+        kind, value = answers.recv()
+    except (EOFError, RuntimeError) as err:
+        process.kill()
+        raise RuntimeError(f"{what} failed to start: {str(err) or 'it exited'}") from None
+    if kind == "error":
+        process.join(timeout=10)
+        raise RuntimeError(value)
+    return process, value
+
+
 class ServerProcess:
     """The child serving ``spec``; ``runner`` answers its plugin requests. Started and stopped
     as :class:`catalog.server.TiledServer`."""
@@ -100,23 +124,9 @@ class ServerProcess:
         ctx = child_context()
         self._life, child_life = ctx.Pipe()
         self._control, child_control = ctx.Pipe()
-        self._process = ctx.Process(target=serve, args=(self.spec, child_life, child_control),
-                                    name="warden-server", daemon=True)
-        with caller_script_hidden():
-            self._process.start()
-        child_life.close()
-        child_control.close()
-        try:
-            if not self._life.poll(timeout):
-                raise RuntimeError(f"the server process did not start in {timeout:.0f} s")
-            kind, value = self._life.recv()
-        except (EOFError, RuntimeError) as err:
-            self._process.kill()
-            raise RuntimeError(f"the server process failed to start: {err or 'it exited'}"
-                               ) from None
-        if kind == "error":
-            self._process.join(timeout=10)
-            raise RuntimeError(value)
+        self._process, value = start_child(
+            serve, (self.spec, child_life, child_control), "warden-server", self._life,
+            (child_life, child_control), "the server process", timeout)
         self.url = value
         threading.Thread(target=self._answer, name="warden-control", daemon=True).start()
         return self.url

@@ -37,7 +37,7 @@ from catalog.backends import open_backend
 from catalog.spool import Position, Spool, SpoolReader
 from catalog.writer import SpooledWriter
 
-from .server_process import caller_script_hidden, child_context
+from .server_process import child_context, start_child
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +95,10 @@ class WriterProcess:
         ctx = child_context()
         commands, self._commands = ctx.Pipe(duplex=False)
         self._reports, reports = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=write,
-                                    args=(self.spec, commands, reports, replayed_until),
-                                    name="warden-writer", daemon=True)
-        with caller_script_hidden():
-            self._process.start()
         self._started = time.monotonic()
-        commands.close()
-        reports.close()
-        try:
-            if not self._reports.poll(timeout):
-                raise RuntimeError(f"it did not start in {timeout:.0f} s")
-            kind, value = self._reports.recv()
-        except (EOFError, RuntimeError) as err:
-            self._process.kill()
-            raise RuntimeError(f"the archive writer process failed to start: "
-                               f"{str(err) or 'it exited'}") from None
-        if kind == "error":
-            self._process.join(timeout=10)
-            raise RuntimeError(value)
+        self._process, _ = start_child(
+            write, (self.spec, commands, reports, replayed_until), "warden-writer",
+            self._reports, (commands, reports), "the archive writer process", timeout)
 
     def _receive(self) -> None:
         """Take the child's reports; start another child if one ends unasked."""
