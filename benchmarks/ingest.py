@@ -133,18 +133,21 @@ class Driver(threading.Thread):
 
 # -- the warden ------------------------------------------------------------------------------
 def _instrumented_latest_class():
-    from catalog.latest import CONNECTION_STREAM, LatestStore
+    from catalog.latest import LatestStore
 
     class InstrumentedLatest(LatestStore):
         """The service's LatestStore, timing what reaches ``latest`` and the archive.
 
-        Its hooks run on the service's threads (the RunEngine's, the publisher's, the
-        writer's reports), so they only keep the timestamps; the latencies are computed in
-        bulk (:meth:`settle`), which costs the service's interpreter a tenth of timing
-        each page as it comes.
+        Every row's update time comes from the pages the RunEngine emits; ``latest`` serves
+        a row once the publisher has copied a value of the object at least as new (its last
+        attribute's), which is usually before the page is emitted (``latest`` reads the
+        buffers). So the publications are kept per object and matched to the rows in bulk
+        (:meth:`settle`); the hooks, which run on the service's threads (the RunEngine's, the
+        publisher's, the writer's reports), only keep timestamps.
         """
 
-        SETTLE_PAGES = 2000
+        SETTLE_EMITTED = 10_000  # pages
+        SETTLE_WRITTEN = 2_000
 
         def __init__(self, objects: list[str], m: int):
             super().__init__(objects)
@@ -161,15 +164,16 @@ def _instrumented_latest_class():
             self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
             self.stop_written = threading.Event()
             self.pages_written = 0
-            self._pending: dict[str, list[list[float]]] = {}  # update times not yet published
-            self._served: list[tuple[float, list[float]]] = []  # (published at, update times)
+            self._rows: dict[str, list[list[float]]] = {}  # update times not yet served
+            self._pages = 0  # pages in _rows
+            self._publications: dict[str, list[tuple[float, float]]] = {}  # (at, newest)
             self._written: list[tuple[float, list[float]]] = []  # (written at, update times)
             self._lock = threading.Lock()
 
         def _stamps(self, doc: dict) -> list[float] | None:
             """The rows' upstream times of a page (or of what the writer says it wrote)."""
             stream = self._streams.get(doc.get("descriptor", ""))
-            if stream is None or stream == CONNECTION_STREAM:
+            if stream is None or stream not in self._objects:
                 return None
             return doc["newest"] if "newest" in doc else doc["timestamps"].get(self.key)
 
@@ -179,26 +183,18 @@ def _instrumented_latest_class():
                 ts = self._stamps(doc)
                 if ts:
                     with self._lock:
-                        self._pending.setdefault(self._streams[doc["descriptor"]], []).append(ts)
+                        self._rows.setdefault(self._streams[doc["descriptor"]], []).append(ts)
+                        self._pages += 1
                     self.values_seen += self.m * len(ts)
 
         def published(self, entries: dict[str, dict], now: float) -> None:
-            """The publisher's hook: the updates now served (up to each entry's newest time)
-            have reached ``latest``."""
+            """The publisher's hook: these entries are served from ``now`` on."""
             with self._lock:
                 for obj, entry in entries.items():
-                    pending = self._pending.pop(obj, None)
-                    if not pending:
-                        continue
-                    newest = entry["time"] or -math.inf
-                    for ts in pending:
-                        if ts[-1] <= newest:
-                            self._served.append((now, ts))
-                        else:  # (rare) not all of it published yet
-                            self._served.append((now, [t for t in ts if t <= newest]))
-                            self._pending.setdefault(obj, []).append(
-                                [t for t in ts if t > newest])
-                if len(self._served) >= self.SETTLE_PAGES:
+                    value = entry["attributes"].get(self.key)
+                    if value is not None:
+                        self._publications.setdefault(obj, []).append((now, value["timestamp"]))
+                if self._pages >= self.SETTLE_EMITTED:
                     self._settle_fresh()
 
         def archived(self, name: str, doc: dict) -> None:
@@ -209,7 +205,7 @@ def _instrumented_latest_class():
                 if ts:
                     with self._lock:
                         self._written.append((time.time(), ts))
-                        if len(self._written) >= self.SETTLE_PAGES:
+                        if len(self._written) >= self.SETTLE_WRITTEN:
                             self._settle_written()
             elif name == "stop":
                 self.stop_written.set()
@@ -220,34 +216,63 @@ def _instrumented_latest_class():
                 self._settle_fresh()
                 self._settle_written()
 
-        def _latencies(self, kept: list[tuple[float, list[float]]]
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """(when, update time) of every value kept since ``since``; and the warm mask."""
-            when = np.repeat([t for t, _ in kept], [len(ts) for _, ts in kept])
-            ts = np.fromiter((t for _, stamps in kept for t in stamps), float, len(when))
+        def _count(self, hist: LatencyHistogram, warm_hist: LatencyHistogram,
+                   when: np.ndarray, ts: np.ndarray) -> None:
+            """Add the latencies of the values stamped since ``since``, warm-up apart."""
             keep = ts >= self.since
             when, ts = when[keep], ts[keep]
-            return when, ts, ts < self.warm_until
+            warm = ts < self.warm_until
+            warm_hist.add(when[warm] - ts[warm], self.m)
+            hist.add(when[~warm] - ts[~warm], self.m)
 
         def _settle_fresh(self) -> None:
-            served, self._served = self._served, []
-            if served:
-                now, ts, warm = self._latencies(served)
-                self.fresh_warm.add(now[warm] - ts[warm], self.m)
-                self.fresh.add(now[~warm] - ts[~warm], self.m)
+            """Each row's freshness: from its update time to the first publication of a value
+            at least as new. Rows not served yet wait for the next settling."""
+            whens, stamps = [], []
+            for obj, pages in list(self._rows.items()):
+                pubs = self._publications.get(obj)
+                if not pubs:
+                    continue
+                at = np.array([a for a, _ in pubs])
+                newest = np.maximum.accumulate([t for _, t in pubs])
+                ts = np.concatenate(pages)
+                first = np.searchsorted(newest, ts, side="left")
+                served = first < len(newest)
+                whens.append(at[first[served]])
+                stamps.append(ts[served])
+                if served.all():
+                    del self._rows[obj]
+                else:
+                    self._rows[obj] = [ts[~served]]
+                # later rows are newer: they cannot be served by an earlier publication
+                self._publications[obj] = pubs[int(first[served].max()):] if served.any() else pubs
+            self._pages = sum(len(pages) for pages in self._rows.values())
+            if whens:
+                self._count(self.fresh, self.fresh_warm, np.concatenate(whens),
+                            np.concatenate(stamps))
 
         def _settle_written(self) -> None:
             written, self._written = self._written, []
             if not written:
                 return
-            now, ts, warm = self._latencies(written)
-            self.persist_warm.add(now[warm] - ts[warm], self.m)
-            self.persist.add(now[~warm] - ts[~warm], self.m)
-            self.values_written += self.m * len(ts)
-            if len(now):
-                self.timeline.append((float(now[-1]), self.values_written))
+            when = np.repeat([t for t, _ in written], [len(ts) for _, ts in written])
+            ts = np.fromiter((t for _, stamps in written for t in stamps), float, len(when))
+            self._count(self.persist, self.persist_warm, when, ts)
+            # the timeline: values written by the end of every wall second
+            total = self.values_written + self.m * np.cumsum(ts >= self.since)
+            last = np.flatnonzero(np.diff(np.floor(when), append=math.inf))
+            self.timeline += zip(when[last].tolist(), total[last].tolist(), strict=True)
+            self.values_written = int(total[-1])
 
     return InstrumentedLatest
+
+
+def instrument_latest(service, m: int):
+    """Replace ``service``'s latest store (before it starts) with an instrumented one."""
+    latest = _instrumented_latest_class()(service.latest.objects, m)
+    latest.follow(service.buffers, service.connections)
+    service.latest = latest
+    return latest
 
 
 def warden_config(workdir: Path, n: int, m: int, flush_interval: float = 0.5):
@@ -278,8 +303,7 @@ class WardenRun:
         self.service = WardenService(warden_config(workdir, n, m, flush_interval),
                                      api_key=API_KEY, port=0)
         self.service.sim = None  # our driver replaces the machine model
-        self.latest = _instrumented_latest_class()(object_names(n), m)
-        self.service.latest = self.latest  # before start(): the app and writer use it
+        self.latest = instrument_latest(self.service, m)  # before start(): the app uses it
         self.build_s = time.perf_counter() - t0
         self.url = ""
         self.plan: threading.Thread | None = None

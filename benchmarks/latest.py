@@ -89,20 +89,14 @@ def _fetch_all(client: httpx.Client, base: str, node: str, n: int) -> tuple[floa
     return time.perf_counter() - t0, got
 
 
-def _fill(store, names: list[str], m: int) -> None:
-    """Give every object a reading, with the documents the RunEngine would send."""
+def _fill(service, m: int) -> None:
+    """Give every object a reading and a connection, in the buffers the plan fills."""
     now = time.time()
-    store("start", {"uid": "bench", "objects": names})
-    store("descriptor", {"uid": "d-connection", "name": "connection"})
-    store("event_page", {"descriptor": "d-connection", "seq_num": [1] * len(names),
-                         "data": {"object": names, "connected": [True] * len(names)},
-                         "timestamps": {"object": [now] * len(names),
-                                        "connected": [now] * len(names)}})
-    for i, o in enumerate(names):
-        store("descriptor", {"uid": f"d-{o}", "name": o})
-        store("event_page", {"descriptor": f"d-{o}", "seq_num": [1],
-                             "data": {f"a{k}": [i + 0.001 * k] for k in range(m)},
-                             "timestamps": {f"a{k}": [now] for k in range(m)}})
+    for i, buf in enumerate(service.buffers):
+        service.connections.record(buf.name, True, now)
+        for k in range(m):
+            buf.add(f"a{k}", i + 0.001 * k, now)
+    service.publisher.publish()  # (the server reads the copy of latest)
 
 
 def measure(n: int, requests: int, m: int = 5, load: float | None = None) -> dict:
@@ -120,7 +114,7 @@ def measure(n: int, requests: int, m: int = 5, load: float | None = None) -> dic
             loader.start()
             time.sleep(15)
         else:
-            _fill(run.service.latest, names, m)
+            _fill(run.service, m)
         assert all(run.service.latest.get(o)["rows"] >= 1 for o in names)
         entries = {o: run.service.latest.get(o) for o in names}
         static = _static_server(entries)

@@ -141,7 +141,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     from warden.service import WardenService
 
     from .common import ProcessStats, children_of, count_archived
-    from .ingest import _instrumented_latest_class, attributes
+    from .ingest import attributes, instrument_latest
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ca-"))
     names = [f"syn{i:05d}" for i in range(n)]
@@ -152,8 +152,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
                      "mode": "monitor", "attributes": attributes(m)} for o in names],
     })
     service = WardenService(config, api_key=API_KEY, port=0)
-    latest = _instrumented_latest_class()(names, m)
-    service.latest = latest
+    latest = instrument_latest(service, m)
     t_connect = time.perf_counter()
     service.start()
     service.publisher.on_published = latest.published

@@ -1,7 +1,7 @@
 """The newest reading of every object, kept in memory and served as the Tiled node ``latest``.
 
-:class:`LatestStore` is a document callback: it follows the same event pages the archive
-receives, so ``latest`` never touches history. ``GET /api/v1/metadata/latest/<object>``
+:class:`LatestStore` reads the monitoring plan's buffers as updates arrive, so ``latest``
+never touches history and does not wait for a flush. ``GET /api/v1/metadata/latest/<object>``
 answers with :meth:`LatestStore.get`, through :func:`latest_route`: a plain route placed ahead
 of Tiled's, which answers the same body as Tiled's metadata route for that node in a fraction
 of its time (issue 4). Listing and search (``/api/v1/search/latest``) stay Tiled's node.
@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import msgpack
@@ -41,41 +41,52 @@ from tiled.server.utils import get_base_url
 from tiled.structures.core import StructureFamily
 from tiled.utils import SingleUserPrincipal, safe_json_dump
 
-CONNECTION_STREAM = "connection"
+if TYPE_CHECKING:
+    from plans.buffer import ConnectionLog, ObjectBuffer
 
 
 class LatestStore:
     """Newest value and upstream timestamp of every attribute of every object.
 
-    Updates come from the RunEngine thread (the document callback) and the writer thread
-    (:meth:`archived`); reads from the server's. No lock is needed because a published entry
-    is never changed: an update builds a new entry (and a new ``attributes`` dict) and swaps
-    it in with one dict assignment, so :meth:`get` always sees a whole entry and copies
-    nothing but its top level, whatever the size of the values.
+    Values are read from the monitoring plan's buffers (:meth:`follow`) as they arrive, not
+    from the event pages the plan emits at each flush: ``latest`` is as fresh as the upstream
+    updates (issue 4: the pages came up to a flush interval and a flush later). Connection
+    states are read from the :class:`~plans.buffer.ConnectionLog` the same way. As a document
+    callback the store only learns each stream's descriptor, to tell which object the archive
+    writer's reports (:meth:`archived`) are about. An object with no buffer followed shows an
+    empty entry.
+
+    Reads may come from any thread. An entry is built when it is asked for and something has
+    changed since the last one (:meth:`mark`), then kept; a published entry is never changed,
+    so :meth:`get` copies nothing but its top level, whatever the size of the values.
     """
 
-    def __init__(self, objects: list[str] | None = None):
-        self._latest: dict[str, dict[str, Any]] = {}
+    def __init__(self, objects: list[str]):
+        self._objects = dict.fromkeys(objects)  # (a dict: ordered, and quick to look in)
+        self._buffers: dict[str, ObjectBuffer] = {}
+        self._connections: ConnectionLog | None = None
+        self._built: dict[str, tuple[tuple, dict[str, Any]]] = {}  # name -> (mark, entry)
         self._archived: dict[str, float] = {}  # newest upstream time written to the archive
         self._streams: dict[str, str] = {}  # descriptor uid -> stream name
-        for name in objects or []:
-            self._ensure(name)
 
-    def _ensure(self, name: str) -> dict[str, Any]:
-        if name not in self._latest:
-            self._latest[name] = {
-                "object": name,
-                "connected": False,
-                "time": None,
-                "rows": 0,
-                "since": None,
-                "attributes": {},
-            }
-        return self._latest[name]
+    def follow(self, buffers: Iterable[ObjectBuffer], connections: ConnectionLog) -> None:
+        """Show what ``buffers`` receive and the connection states ``connections`` records."""
+        self._buffers.update({buf.name: buf for buf in buffers if buf.name in self._objects})
+        self._connections = connections
 
     @property
     def objects(self) -> list[str]:
-        return list(self._latest)
+        return list(self._objects)
+
+    def mark(self, name: str) -> tuple:
+        """Changes whenever :meth:`get` of ``name`` would answer differently; raise
+        ``KeyError`` for an unknown object."""
+        if name not in self._objects:
+            raise KeyError(name)
+        buf = self._buffers.get(name)
+        state = self._connections.state if self._connections is not None else {}
+        return (buf.updates if buf is not None else 0, bool(state.get(name, False)),
+                self._archived.get(name))
 
     def get(self, name: str) -> dict[str, Any]:
         """The latest entry of ``name``; raise ``KeyError`` for an unknown object.
@@ -84,57 +95,46 @@ class LatestStore:
         upstream time of the first of them) and ``archived_time`` the newest upstream timestamp
         already in the archive. The entry's values are shared, not copied: do not change them.
         """
-        return {**self._latest[name], "archived_time": self._archived.get(name)}
-
-    def mark(self, name: str) -> tuple[int, float | None]:
-        """Changes whenever :meth:`get` of ``name`` would answer differently (published
-        entries are replaced, never changed, so the entry's identity tells)."""
-        return id(self._latest[name]), self._archived.get(name)
+        mark = self.mark(name)
+        built = self._built.get(name)
+        if built is not None and built[0] == mark:
+            return {**built[1]}
+        updates, connected, archived_time = mark
+        buf = self._buffers.get(name)
+        current, rows, since = buf.newest() if buf is not None else ({}, 0, None)
+        attrs = {a: {"value": _json(v), "timestamp": ts} for a, (v, ts) in current.items()}
+        entry = {
+            "object": name,
+            "connected": connected,
+            "time": max((ts for _, ts in current.values()), default=None),
+            "rows": rows,
+            "since": since,
+            "attributes": attrs,
+            "archived_time": archived_time,
+        }
+        self._built[name] = (mark, entry)
+        return {**entry}
 
     def archived(self, name: str, doc: dict) -> None:
         """Note a document the archive writer has written (its ``on_written`` hook, told
         :func:`catalog.writer.written_summary`)."""
         stream = self._streams.get(doc.get("descriptor", ""))
-        if name == "event_page" and stream in self._latest and doc["newest"]:
+        if name == "event_page" and stream in self._objects and doc["newest"]:
             self._archived[stream] = max(doc["newest"])
 
-    # -- document callback -------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:
-        if name == "start":
-            for obj in doc.get("objects", []):
-                self._ensure(obj)
-        elif name == "descriptor":
+        """Document callback: learn each stream's descriptor."""
+        if name == "descriptor":
             self._streams[doc["uid"]] = doc["name"]
-        elif name == "event_page":
-            stream = self._streams.get(doc["descriptor"])
-            if stream == CONNECTION_STREAM:
-                self._connections(doc)
-            elif stream is not None:
-                self._readings(stream, doc)
-
-    def _readings(self, obj: str, page: dict) -> None:
-        old = self._ensure(obj)
-        attrs = dict(old["attributes"])
-        for key, values in page["data"].items():
-            attrs[key] = {"value": _json(values[-1]), "timestamp": page["timestamps"][key][-1]}
-        newest = max((a["timestamp"] for a in attrs.values()), default=None)
-        rows = old["rows"] + len(page["seq_num"])
-        since = old["since"] or min(min(ts) for ts in page["timestamps"].values())
-        self._latest[obj] = {**old, "time": newest, "rows": rows, "since": since,
-                             "attributes": attrs}
-
-    def _connections(self, page: dict) -> None:
-        for obj, connected in zip(page["data"]["object"], page["data"]["connected"], strict=True):
-            self._latest[obj] = {**self._ensure(obj), "connected": bool(connected)}
 
 
 class LatestPublisher:
     """Copies the entries of ``store`` that changed into the SQLite file ``path``, every
     ``interval`` seconds, on a thread of its own; :class:`SharedLatest` reads them.
 
-    An entry that changed is one the store has swapped since the last copy (entries are never
-    changed in place), or whose ``archived_time`` moved: one pass over the names finds them
-    without a lock. ``on_published(entries, t)``, if given, hears what each pass wrote.
+    An entry that changed is one whose :meth:`LatestStore.mark` moved since the last copy
+    (a value received, the connection or ``archived_time``): one pass over the names finds
+    them without a lock. ``on_published(entries, t)``, if given, hears what each pass wrote.
     """
 
     def __init__(self, store: LatestStore, path: Path, interval: float = 0.1,
@@ -145,7 +145,8 @@ class LatestPublisher:
         self._db.execute("CREATE TABLE IF NOT EXISTS latest (name TEXT PRIMARY KEY, entry BLOB)")
         with self._db:  # a previous run's entries are not the latest
             self._db.execute("DELETE FROM latest")
-        self._sent: dict[str, tuple[int, float | None]] = {}
+        self._sent: dict[str, tuple] = {}
+        self._turn = threading.Lock()  # one pass at a time on the one connection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="latest-publisher", daemon=True)
         self.publish()  # every object has its row before any reader looks
@@ -155,7 +156,12 @@ class LatestPublisher:
         return self
 
     def publish(self) -> list[str]:
-        """Write the entries that changed since the last call; return their names."""
+        """Write the entries that changed since the last call; return their names (safe from
+        any thread: passes take turns)."""
+        with self._turn:
+            return self._publish()
+
+    def _publish(self) -> list[str]:
         entries, marks = {}, {}
         for name in self.store.objects:
             mark = self.store.mark(name)

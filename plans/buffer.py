@@ -113,6 +113,8 @@ class ObjectBuffer:
         self._rows: list[tuple[float, Row]] = []
         self._tokens: list[tuple[Any, int]] = []
         self.updates = 0  # values received since start
+        self.rows_made = 0  # rows made since start (what ``latest`` counts)
+        self.first_row: float | None = None  # upstream time of the first of them
         self.cutoff = math.inf  # the plan sets it to midnight for a closing day's last flush
         self.hold = HOLD  # seconds the newest row waits for the rest of its timestamp
         self._sig_connected: dict[Any, bool] = {}
@@ -169,6 +171,7 @@ class ObjectBuffer:
                 self._rows[-1][1][attr] = (value, timestamp)
             else:
                 self._rows.append((timestamp, dict(self._current)))
+                self._counted(timestamp)
             self._last_add = time.monotonic()
 
     def add_reading(self, reading: dict[str, dict[str, Any]]) -> None:
@@ -183,7 +186,21 @@ class ObjectBuffer:
         with self._lock:
             self.updates += len(row)
             self._current.update(row)
-            self._rows.append((max(ts for _, ts in row.values()), row))
+            t = max(ts for _, ts in row.values())
+            self._rows.append((t, row))
+            self._counted(t)
+
+    def _counted(self, t: float) -> None:
+        self.rows_made += 1
+        if self.first_row is None:
+            self.first_row = t
+
+    def newest(self) -> tuple[Row, int, float | None]:
+        """What ``latest`` shows: the newest value of every attribute received (as documents
+        carry them), the rows made since start and the upstream time of the first."""
+        with self._lock:
+            current, rows, first = dict(self._current), self.rows_made, self.first_row
+        return {a: (_plain(v), ts) for a, (v, ts) in current.items()}, rows, first
 
     def pending(self) -> int:
         return len(self._rows)

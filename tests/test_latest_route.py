@@ -18,6 +18,7 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
+from ophyd import Component, Device, Signal
 from tiled.adapters.mapping import MapAdapter
 from tiled.client import from_uri
 from tiled.server.settings import get_settings
@@ -25,6 +26,7 @@ from tiled.server.settings import get_settings
 from catalog.latest import LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
 from catalog.server import TiledServer, warden_app
+from plans.buffer import ConnectionLog, ObjectBuffer
 
 KEY = "routekey0123456789"
 HEADERS = {"Authorization": f"Apikey {KEY}"}
@@ -37,15 +39,29 @@ BUNCHES[7] = np.nan
 T0 = 1_004_000_000.0
 
 
+def buffers_for(attributes: dict[str, list[str]], connections: ConnectionLog
+                ) -> list[ObjectBuffer]:
+    """The monitoring plan's buffers of objects with these attributes (plain signals)."""
+    buffers = []
+    for name, attrs in attributes.items():
+        device_class = type("Obj", (Device,), {a: Component(Signal) for a in attrs})
+        buffers.append(ObjectBuffer(device_class(name=name), True, connections))
+    return buffers
+
+
+def live_store(attributes: dict[str, list[str]], objects: list[str] | None = None
+               ) -> tuple[LatestStore, dict[str, ObjectBuffer], ConnectionLog]:
+    """A store following new buffers of ``attributes`` (and showing ``objects``)."""
+    connections = ConnectionLog(time.time)
+    buffers = buffers_for(attributes, connections)
+    store = LatestStore(objects or list(attributes))
+    store.follow(buffers, connections)
+    return store, {buf.name: buf for buf in buffers}, connections
+
+
 def filled_store() -> LatestStore:
-    """The documents the RunEngine would send: a WCM with every kind of value, connected."""
-    store = LatestStore(OBJECTS)
-    store("start", {"uid": "run", "objects": OBJECTS})
-    store("descriptor", {"uid": "d-conn", "name": "connection"})
-    store("event_page", {"descriptor": "d-conn", "seq_num": [1],
-                         "data": {"object": [WCM], "connected": [True]},
-                         "timestamps": {"object": [T0], "connected": [T0]}})
-    store("descriptor", {"uid": "d-wcm", "name": WCM})
+    """What the monitoring plan's buffers would hold: a WCM with every kind of value,
+    connected; a ring with one reading, disconnected and archived; an idle object."""
     data = {
         "wcmBeam": [16.0, 16.4228],
         "bunchIntensity": [BUNCHES * 0.5, BUNCHES],  # numpy arrays, one element NaN
@@ -57,11 +73,13 @@ def filled_store() -> LatestStore:
         "huge": [1.0, float("inf")],
         "ok": [np.bool_(False), np.bool_(True)],
     }
-    store("event_page", {"descriptor": "d-wcm", "seq_num": [1, 2], "data": data,
-                         "timestamps": {k: [T0 + 1, T0 + 2] for k in data}})
+    store, buffers, connections = live_store({WCM: list(data), RING: ["energy"]}, OBJECTS)
+    connections.record(WCM, True, T0)
+    for i, t in enumerate((T0 + 1, T0 + 2)):
+        for attr, values in data.items():
+            buffers[WCM].add(attr, values[i], t)
+    buffers[RING].add("energy", 100.0, T0 + 3)
     store("descriptor", {"uid": "d-ring", "name": RING})
-    store("event_page", {"descriptor": "d-ring", "seq_num": [1], "data": {"energy": [100.0]},
-                         "timestamps": {"energy": [T0 + 3]}})
     store.archived("event_page", {"descriptor": "d-ring", "newest": [T0 + 3]})
     return store
 
@@ -330,16 +348,16 @@ def test_values_round_trip_through_the_tiled_client_and_archive(url):
 
 
 def test_new_readings_are_served_at_once(http):
-    store = LatestStore(["obj"])
-    store("descriptor", {"uid": "d", "name": "obj"})
+    """A value is served as soon as the buffer has it, without waiting for a flush."""
+    store, buffers, _ = live_store({"obj": ["v"]})
     with TiledServer(warden_app(MapAdapter({}), store, "UTC", KEY)).running() as url:
         for i in range(3):
-            store("event_page", {"descriptor": "d", "seq_num": [i], "data": {"v": [float(i)]},
-                                 "timestamps": {"v": [T0 + i]}})
+            buffers["obj"].add("v", float(i), T0 + i)
             md = http.get(f"{url}/api/v1/metadata/latest/obj",
                           headers=HEADERS).json()["data"]["attributes"]["metadata"]
             assert md["attributes"]["v"] == {"value": float(i), "timestamp": T0 + i}
-            assert md["rows"] == i + 1
+            assert md["rows"] == i + 1 and md["since"] == T0
+        assert list(buffers["obj"].collect_pages())  # the flush still gets every row
 
 
 def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store, tmp_path):
@@ -363,34 +381,33 @@ def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store
         shared.get("gone")
     publisher.stop()
     # a new reading reaches the file with the next pass, which writes only what changed
-    live = LatestStore(["a", "b"])
-    live("descriptor", {"uid": "d", "name": "a"})
+    live, buffers, connections = live_store({"a": ["v"], "b": ["v"]})
     publisher = LatestPublisher(live, path)
     view = SharedLatest(path, live.objects)
     assert view.get("a")["rows"] == 0 and publisher.publish() == []
-    live("event_page", {"descriptor": "d", "seq_num": [1], "data": {"v": [float("nan")]},
-                        "timestamps": {"v": [T0]}})
+    buffers["a"].add("v", float("nan"), T0)
     assert view.get("a")["rows"] == 0  # not yet published
     assert publisher.publish() == ["a"]
     assert view.get("a")["attributes"] == {"v": {"value": None, "timestamp": T0}}
     assert view.get("a") == live.get("a") and view.get("b") == live.get("b")
+    connections.record("b", True)  # a connection change is a change too
+    assert publisher.publish() == ["b"] and view.get("b")["connected"] is True
     publisher.stop()
 
 
 def test_store_reads_are_whole_entries_while_it_is_updated():
-    """Reads from another thread always see one page's entry, never half of two."""
-    store = LatestStore(["obj"])
-    store("descriptor", {"uid": "d", "name": "obj"})
+    """Reads from another thread, while a buffer is filled, see every attribute's value
+    whole and with its own timestamp, and count the rows made so far."""
     attrs = [f"a{k}" for k in range(20)]
+    store, buffers, _ = live_store({"obj": attrs})
     stop = threading.Event()
 
     def feed():
         i = 0
         while not stop.is_set():
             i += 1
-            store("event_page", {"descriptor": "d", "seq_num": [i],
-                                 "data": {a: [[float(i)] * 50] for a in attrs},
-                                 "timestamps": {a: [float(i)] for a in attrs}})
+            for a in attrs:
+                buffers["obj"].add(a, np.full(50, float(i)), float(i))
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -400,11 +417,10 @@ def test_store_reads_are_whole_entries_while_it_is_updated():
         while time.monotonic() < deadline:
             entry = store.get("obj")
             values = entry["attributes"]
-            if values:
-                t = entry["time"]
-                assert entry["rows"] == t
-                assert all(values[a]["timestamp"] == t and values[a]["value"][0] == t
-                           for a in attrs)
+            if len(values) == len(attrs):
+                stamps = [values[a]["timestamp"] for a in attrs]
+                assert all(values[a]["value"] == [values[a]["timestamp"]] * 50 for a in attrs)
+                assert entry["time"] == max(stamps) == entry["rows"]  # (a row per new time)
                 reads += 1
     finally:
         stop.set()

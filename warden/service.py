@@ -118,6 +118,7 @@ class WardenService:
         self.devices += [s.device for s in self.plugins]
         self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
         self.latest = LatestStore([d.name for d in self.devices])
+        self.latest.follow(self.buffers, self.connections)
         self.server: TiledServer | ServerProcess | None = None
         self.publisher: LatestPublisher | None = None
         self._latest_dir: str | None = None
