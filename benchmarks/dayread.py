@@ -1,6 +1,8 @@
 """Day read: one object's full day (10 Hz, 864,000 rows, 5 attributes) through
-``catalog.query.Archive.day`` (Tiled Python client over HTTP), beside reading the same rows
-straight from the SQLite tables file (``sqlite3``, and ADBC into Arrow): the ceiling.
+``catalog.query.Archive.day`` (Tiled Python client over HTTP) from the service's server process
+(as ``warden run`` serves it), beside reading the same rows straight from the SQLite tables file
+(``sqlite3``, and ADBC into Arrow): the ceiling. Also from a server on a thread of the client's
+own process (what this figure measured until 2026-12-02: the two share one interpreter lock).
 
 The day is written fast, directly through :class:`catalog.writer.TiledRunSink`: a start
 document with ``day``, one descriptor, event pages of 10,000 rows, a stop.
@@ -97,33 +99,46 @@ def _table_of(con) -> str:
 def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
     from tiled.client import from_uri
 
-    from catalog.latest import LatestStore
+    from catalog.latest import LatestPublisher, LatestStore
     from catalog.query import Archive
     from catalog.server import TiledServer, sql_catalog, warden_app
+    from warden.server_process import ServerProcess, ServerSpec
 
     rows = rows or (43_200 if quick else 864_000)
     repeats = 5
     with tempfile.TemporaryDirectory(prefix="bench-day-") as tmp:
         tmp = Path(tmp)
-        catalog = sql_catalog(f"sqlite:///{tmp / 'archive.db'}")
+        uri = f"sqlite:///{tmp / 'archive.db'}"
+        catalog = sql_catalog(uri)
         app = warden_app(catalog, LatestStore([OBJECT]), "UTC", API_KEY)
         server = TiledServer(app)
         url = server.start()
         note(f"day: writing {rows:,} rows x {m} attributes through TiledRunSink")
         write_s = _write_day(from_uri(url, api_key=API_KEY)["archive"], rows, m, 10_000)
-        archive = Archive.from_uri(url, api_key=API_KEY, zone=ZoneInfo("UTC"))
-        tiled_s, sqlite_s, adbc_s, n_rows = [], [], [], []
+        publisher = LatestPublisher(LatestStore([OBJECT]), tmp / "latest.db")
+        process = ServerProcess(ServerSpec(
+            archive=uri, data_dir=None, latest_file=str(tmp / "latest.db"), objects=[OBJECT],
+            zone="UTC", api_key=API_KEY, public=False, host="127.0.0.1", port=0, log_dir=None,
+        ), runner=None)
+        archive = Archive.from_uri(process.start(), api_key=API_KEY, zone=ZoneInfo("UTC"))
+        same = Archive.from_uri(url, api_key=API_KEY, zone=ZoneInfo("UTC"))
+        tiled_s, same_s, sqlite_s, adbc_s, n_rows = [], [], [], [], []
         for _ in range(repeats):  # interleaved, side by side
             t0 = time.perf_counter()
             df = archive.day(OBJECT, DAY)
             tiled_s.append(time.perf_counter() - t0)
             n_rows.append(len(df))
+            t0 = time.perf_counter()
+            same.day(OBJECT, DAY)
+            same_s.append(time.perf_counter() - t0)
             s, n_sql = _sqlite_read(tmp / "archive.tables.db", m)
             sqlite_s.append(s)
             a = _adbc_read(tmp / "archive.tables.db", m)
             if a:
                 adbc_s.append(a[0])
-        fresh_client_s = _fresh_client_day(url)
+        fresh_client_s = _fresh_client_day(process.url)
+        process.stop()
+        publisher.stop()
         server.stop()
     day_s = statistics.median(tiled_s)
     ceiling = min(statistics.median(sqlite_s), statistics.median(adbc_s) if adbc_s else 1e9)
@@ -132,6 +147,8 @@ def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
         rows_sqlite=n_sql, write_s=round(write_s, 2),
         write_rows_per_s=round(rows / write_s, 0),
         archive_day_s={"median": round(day_s, 3), "all": [round(x, 3) for x in tiled_s]},
+        archive_day_server_in_client_process_s={
+            "median": round(statistics.median(same_s), 3), "all": [round(x, 3) for x in same_s]},
         archive_day_fresh_client_s=round(fresh_client_s, 3),
         sqlite3_s={"median": round(statistics.median(sqlite_s), 3)},
         adbc_arrow_s={"median": round(statistics.median(adbc_s), 3)} if adbc_s else None,

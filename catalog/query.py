@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -303,9 +304,15 @@ class Archive:
         keys.sort(key=lambda k: position[f"ts_{k}"])
         if not keys:
             return [], {}, {}
-        # the attributes and their timestamps, not seq_num and time (a sixth less to send)
-        table = internal.read(columns=[*(k for k in keys if k in position),
-                                       *(f"ts_{k}" for k in keys)])
+        # the attributes and their timestamps, not seq_num and time (a sixth less to send),
+        # as two requests at once: the server reads, packs and sends both halves side by side
+        # (a full day of 5 attributes: 1.3 s -> 0.9 s; benchmarks/README.md, day read)
+        halves = [[k for k in keys if k in position], [f"ts_{k}" for k in keys]]
+        with ThreadPoolExecutor(2, thread_name_prefix="archive-read") as pool:
+            values, stamps = pool.map(lambda cols: internal.read(columns=cols) if cols
+                                      else pd.DataFrame(), halves)
+        rows = min(len(stamps), len(values) if halves[0] else len(stamps))  # (rows appended
+        table = pd.concat([values.iloc[:rows], stamps.iloc[:rows]], axis=1)  # in between)
         table, columns = _complete_rows(node, table, keys)
         return keys, columns, {k: table[f"ts_{k}"] for k in keys}
 
