@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import msgpack
+import numpy as np
 import packaging.version
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -102,11 +103,15 @@ class LatestStore:
         updates, connected, archived_time = mark
         buf = self._buffers.get(name)
         current, rows, since = buf.newest() if buf is not None else ({}, 0, None)
-        attrs = {a: {"value": _json(v), "timestamp": ts} for a, (v, ts) in current.items()}
+        attrs, newest = {}, None
+        for attr, (value, ts) in current.items():
+            attrs[attr] = {"value": _json(value), "timestamp": ts}
+            if newest is None or ts > newest:
+                newest = ts
         entry = {
             "object": name,
             "connected": connected,
-            "time": max((ts for _, ts in current.values()), default=None),
+            "time": newest,
             "rows": rows,
             "since": since,
             "attributes": attrs,
@@ -223,10 +228,17 @@ def _latest_db(path: Path) -> sqlite3.Connection:
 
 
 def _json(value: Any) -> Any:
-    """NaN and infinities are not JSON: send them as None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    """A value as documents carry it (numpy arrays as lists, numpy scalars as Python's), but
+    NaN and infinities, which are not JSON, as None."""
+    if type(value) is not float:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if not isinstance(value, np.generic):
+            return value
+        value = value.item()
+        if not isinstance(value, float):
+            return value
+    return value if math.isfinite(value) else None
 
 
 class ObjectLatestAdapter(MapAdapter):

@@ -196,11 +196,11 @@ class ObjectBuffer:
             self.first_row = t
 
     def newest(self) -> tuple[Row, int, float | None]:
-        """What ``latest`` shows: the newest value of every attribute received (as documents
-        carry them), the rows made since start and the upstream time of the first."""
+        """What ``latest`` shows: the newest value of every attribute received (as received:
+        not copied, do not change them), the rows made since start and the upstream time of
+        the first."""
         with self._lock:
-            current, rows, first = dict(self._current), self.rows_made, self.first_row
-        return {a: (_plain(v), ts) for a, (v, ts) in current.items()}, rows, first
+            return dict(self._current), self.rows_made, self.first_row
 
     def pending(self) -> int:
         return len(self._rows)
