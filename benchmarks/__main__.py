@@ -3,7 +3,8 @@
 Each figure runs in a child process of its own (a clean RSS, its own Channel Access
 environment, no threads left over from another figure); its JSON lines are echoed here and
 written to ``benchmarks/results/<YYYY-MM-DD>.json`` (``-quick.json`` for ``--quick``; figures
-already in that file from another run of the same day are kept unless measured again).
+already in that file from another run of the same day are kept unless measured again at the
+same size).
 """
 
 from __future__ import annotations
@@ -170,6 +171,11 @@ def _child(name: str, args) -> int:
     os._exit(0)  # daemon threads (a writer still draining, a server) must not hold us
 
 
+def _which(figure: dict) -> tuple:
+    """A figure and its size (``ingest --sizes 10000`` replaces N = 10,000 only)."""
+    return tuple(figure.get(k) for k in ("figure", "N", "objects", "ingest_load_values_per_s"))
+
+
 def _write_results(directory: Path, figures: list[dict], quick: bool, wall: float) -> Path:
     from .common import machine
 
@@ -182,8 +188,8 @@ def _write_results(directory: Path, figures: list[dict], quick: bool, wall: floa
             old = json.loads(path.read_text()).get("figures", [])
         except ValueError:
             old = []
-    measured = {f["figure"] for f in figures}
-    kept = [f for f in old if f.get("figure") not in measured]
+    measured = {_which(f) for f in figures}
+    kept = [f for f in old if _which(f) not in measured]
     doc = {
         "written": dt.datetime.now().isoformat(timespec="seconds"),
         "quick": quick,
