@@ -54,6 +54,7 @@ class ConnectionLog:
         self._lock = threading.Lock()
         self._rows: list[tuple[str, bool, float]] = []
         self.state: dict[str, bool] = {}
+        self.changes = 0  # times a state changed (readers of ``state`` compare it)
 
     def record(
         self, obj: str, connected: bool, t: float | None = None, force: bool = False
@@ -62,6 +63,8 @@ class ConnectionLog:
         with self._lock:
             if not force and self.state.get(obj) == connected:
                 return
+            if self.state.get(obj) != connected:
+                self.changes += 1
             self.state[obj] = connected
             self._rows.append((obj, connected, self.time() if t is None else t))
 

@@ -392,6 +392,10 @@ def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store
     assert view.get("a") == live.get("a") and view.get("b") == live.get("b")
     connections.record("b", True)  # a connection change is a change too
     assert publisher.publish() == ["b"] and view.get("b")["connected"] is True
+    live("descriptor", {"uid": "d-a", "name": "a"})  # and the archive writer's report
+    live.archived("event_page", {"descriptor": "d-a", "newest": [T0]})
+    assert publisher.publish() == ["a"] and view.get("a")["archived_time"] == T0
+    assert publisher.publish() == []
     publisher.stop()
 
 
