@@ -333,7 +333,7 @@ class WardenRun:
         """One reading of every object, then wait until the archive holds it: every stream
         node created, as in a service that has been running. Return the seconds taken."""
         t0 = time.perf_counter()
-        self.drive(1.0, 1.0)  # one round
+        self.drive(1.0, 1.0, count=False)  # one round, not in the figures
         deadline = time.monotonic() + timeout
         while self.latest.values_seen < self.n * self.m:  # every page emitted (the first
             if time.monotonic() > deadline:               # flush declares N streams)
@@ -352,9 +352,11 @@ class WardenRun:
         threading.Thread(target=loop, name="rss-sampler", daemon=True).start()
 
     def drive(self, rate: float | None, duration: float, max_values: int | None = None,
-              warmup: float = 0.0) -> Driver:
+              warmup: float = 0.0, count: bool = True) -> Driver:
+        """Drive the devices; the figures count the values stamped from now on (none if not
+        ``count``: the hooks may settle before the next drive moves ``since``)."""
         driver = Driver(self.service.devices, self.m, rate, duration, max_values)
-        now = time.time()
+        now = time.time() if count else math.inf
         self.latest.since = now
         self.latest.warm_until = now + warmup
         driver.start()
