@@ -195,8 +195,8 @@ def _instrumented_latest_class():
                     value = entry["attributes"].get(self.key)
                     if value is not None:
                         self._publications.setdefault(obj, []).append((now, value["timestamp"]))
-                if self._pages >= self.SETTLE_EMITTED:
-                    self._settle_fresh()
+                if self._pages >= max(self.SETTLE_EMITTED, 10 * len(self._objects)):
+                    self._settle_fresh()  # (its cost is per object: less often at large N)
 
         def archived(self, name: str, doc: dict) -> None:
             super().archived(name, doc)
