@@ -122,9 +122,13 @@ class ObjectBuffer:
         self.hold = HOLD  # seconds the newest row waits for the rest of its timestamp
         self._sig_connected: dict[Any, bool] = {}
         self._last_add = 0.0
+        # set by the plan's last flush when it stops: an update after the last page is not in
+        # the run, so it must not show in ``latest`` either (staging clears it)
+        self.closed = False
 
     # -- Stageable ---------------------------------------------------------------------------
     def stage(self) -> list[ObjectBuffer]:
+        self.closed = False
         for attr, sig in self._signals.items():
             self._tokens.append((sig, sig.subscribe(self._on_meta, event_type=sig.SUB_META)))
             if self.monitor:
@@ -164,8 +168,8 @@ class ObjectBuffer:
         made only once every attribute has a value, so every row is complete.
         """
         with self._lock:
-            if attr in self._current and self._current[attr][1] == timestamp:
-                return  # the same sample delivered again (e.g. on subscribing)
+            if self.closed or attr in self._current and self._current[attr][1] == timestamp:
+                return  # stopped, or the same sample delivered again (e.g. on subscribing)
             self.updates += 1
             self._current[attr] = (value, timestamp)
             if len(self._current) < len(self.attributes):
@@ -187,6 +191,8 @@ class ObjectBuffer:
         if len(row) < len(self.attributes):
             return
         with self._lock:
+            if self.closed:
+                return
             self.updates += len(row)
             self._current.update(row)
             t = max(ts for _, ts in row.values())

@@ -141,6 +141,8 @@ def monitor_day(
         closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
         for buf in buffers:
             buf.cutoff, buf.hold = (midnight if closing else math.inf), 0.0
+        for buf in buffers:
+            buf.closed = not closing  # stopped: nothing after the last page joins the run
         yield from flush(collectables, declared)
         for buf in buffers:
             buf.cutoff, buf.hold = math.inf, HOLD

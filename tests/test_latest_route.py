@@ -453,3 +453,20 @@ def test_access_log_names_the_principal(tmp_path, store):
     assert len(lines) == 4, lines
     assert ["(singleuser)" in line for line in lines] == [True, False, True, False]
     assert ["(anon)" in line for line in lines] == [False, True, False, True]
+
+
+def test_after_the_plans_last_page_at_a_stop_latest_stays_what_was_archived():
+    """The plan's last flush at a stop closes the buffers: a later update makes no row and
+    does not change ``latest`` (it would not be in the archive); staging opens them again."""
+    store, buffers, _ = live_store({"a": ["v"]})
+    buf = buffers["a"]
+    buf.add("v", 1.0, T0)
+    buf.closed, buf.hold = True, 0.0  # what monitor_day does before its last flush (stop)
+    buf.add("v", 2.0, T0 + 1)
+    entry = store.get("a")
+    assert entry["rows"] == 1 and entry["attributes"]["v"]["value"] == 1.0
+    assert list(buf.collect_pages())[0]["data"] == {"v": [1.0]}
+    buf.stage()
+    buf.add("v", 3.0, T0 + 2)
+    assert store.get("a")["attributes"]["v"]["value"] == 3.0
+    buf.unstage()
