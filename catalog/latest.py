@@ -259,7 +259,8 @@ def _latest_db(path: Path) -> sqlite3.Connection:
 
 def _json(value: Any) -> Any:
     """A value as documents carry it (numpy arrays as lists, numpy scalars as Python's), but
-    NaN and infinities, which are not JSON, as None."""
+    NaN and infinities, which are not JSON, as None. (``plans.buffer._plain`` does the first
+    part for pages; importing it would load ophyd into the server's process.)"""
     if type(value) is not float:
         if isinstance(value, np.ndarray):
             return value.tolist()

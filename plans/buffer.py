@@ -61,10 +61,10 @@ class ConnectionLog:
     ) -> None:
         """Note that ``obj`` became (dis)connected at clock time ``t`` (default now)."""
         with self._lock:
-            if not force and self.state.get(obj) == connected:
+            changed = self.state.get(obj) != connected
+            if not (changed or force):
                 return
-            if self.state.get(obj) != connected:
-                self.changes += 1
+            self.changes += changed
             self.state[obj] = connected
             self._rows.append((obj, connected, self.time() if t is None else t))
 

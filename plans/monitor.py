@@ -139,10 +139,9 @@ def monitor_day(
             wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
             yield from bps.sleep(clock.real_seconds(wake - clock.time()))
         closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
-        for buf in buffers:
+        for buf in buffers:  # stopped: nothing after the last page joins the run (closed)
             buf.cutoff, buf.hold = (midnight if closing else math.inf), 0.0
-        for buf in buffers:
-            buf.closed = not closing  # stopped: nothing after the last page joins the run
+            buf.closed = not closing
         yield from flush(collectables, declared)
         for buf in buffers:
             buf.cutoff, buf.hold = math.inf, HOLD
