@@ -104,7 +104,8 @@ def init_catalog(uri: str) -> None:
 def _write_ahead_log(path: Path) -> None:
     """Put the SQLite tables database in WAL mode (it stays so), so a client reading a day
     never blocks the archive writer (in the default mode a long read fails writes with
-    "database is locked").
+    "database is locked"). A new file also gets incremental vacuum, so that the pages of the
+    rows compaction moves into Parquet go back to the disk (:mod:`catalog.compact`).
 
     Through ADBC, as Tiled and the writer open it: a process must not open one SQLite file
     with two copies of SQLite (Python's and ADBC's). Closing the file in one drops the
@@ -115,6 +116,7 @@ def _write_ahead_log(path: Path) -> None:
 
     with contextlib.closing(adbc_driver_sqlite.dbapi.connect(str(path), autocommit=True)) as db:
         with db.cursor() as cursor:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # no effect once tables exist
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.fetchall()
 

@@ -200,17 +200,22 @@ def sim_config(tmp_path, **extra):
 
 @contextlib.contextmanager
 def run_service(config, start: dt.datetime, seconds: float, rate: float = 1.0,
-                public: bool = False, api_key: str | None = None):
-    """Run the service for ``seconds`` from clock time ``start``; yield its served archive."""
+                public: bool = False, api_key: str | None = None,
+                compact_grace: float | None = 10.0, during=None):
+    """Run the service for ``seconds`` from clock time ``start``; yield its served archive.
+    ``during``: called on a thread (with the service) half way through the run."""
     from plans.clock import Clock
     from warden.service import WardenService
 
     clock = Clock(ZONE, rate=rate)
     service = WardenService(config, clock=clock, port=0, public=public, api_key=api_key)
     service.sim.update_period = 0.25
+    service.compact_grace = compact_grace
     service.start()
     clock.set(start)  # the clock starts now, after the server is up
     threading.Timer(seconds, service.stop).start()
+    if during is not None:
+        threading.Timer(seconds / 2, during, (service,)).start()
     try:
         service.run()
         service.writer.join()

@@ -125,6 +125,8 @@ class WardenService:
         self.writer: SpooledWriter | WriterProcess | None = None
         self.reconnect: ReconnectWatch | None = None
         self.engine: RunEngine | None = None  # the RunEngine of run()
+        # closed runs move into Parquet; their rows outlive the switch this long (None: off)
+        self.compact_grace: float | None = 10.0
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
             if config.ascii else None
@@ -183,7 +185,7 @@ class WardenService:
                                  on_written=self.latest.archived)
         data_dir = str(self.backend.data_dir) if self.backend.data_dir else None
         spec = WriterSpec(self.backend.uri, data_dir, self.url, self.api_key,
-                          str(self.spool_dir))
+                          str(self.spool_dir), self.compact_grace)
         return WriterProcess(spec, on_written=self.latest.archived)
 
     def _stop_server(self) -> None:

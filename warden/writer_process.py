@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.backends import open_backend
+from catalog.compact import Compactor, CompactorThread
 from catalog.spool import Position, Spool, SpoolReader
 from catalog.writer import SpooledWriter
 
@@ -51,6 +52,8 @@ class WriterSpec:
     url: str  # the service's Tiled server (new runs, streams and arrays go through it)
     api_key: str
     spool: str
+    compact_grace: float | None = 10.0  # closed runs: seconds between their switch to
+    # Parquet and deleting their rows (catalog.compact); None: no compaction
 
 
 class WriterProcess:
@@ -216,6 +219,9 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
         return
     reports.send(("ready", None))
     documents: list[tuple[str, dict]] = []
+    compactor = (None if spec.compact_grace is None
+                 else Compactor.for_uri(spec.archive, grace=spec.compact_grace))
+    compacting = CompactorThread(compactor) if compactor else None
 
     def on_written(name: str, summary: dict) -> None:
         documents.append((name, summary))
@@ -227,6 +233,12 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
             "last_error": writer.last_error, "documents": documents[:],
             "failed": not writer.is_alive() and not stopping,
         })
+        # Compact once what a child before this one had written is written again, then
+        # whenever a run closes: the service knows it is written, so no later child writes
+        # into it again, and its tables can move into Parquet.
+        if compacting and (replayed_until is None or writer.position >= replayed_until):
+            if not compacting.started or any(name == "stop" for name, _ in documents):
+                compacting.wake()
         documents.clear()
 
     stopping = False
@@ -238,6 +250,8 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
         stopping = writer.is_alive()
     finally:
         writer.abandon()
+        if compacting:
+            compacting.close()
         backend.close()
         with contextlib.suppress(OSError):  # the last counters (and error), if anyone listens
             on_progress(writer)
