@@ -3,6 +3,8 @@
 (as ``warden run`` serves it), beside reading the same rows straight from the SQLite tables file
 (``sqlite3``, and ADBC into Arrow): the ceiling. Also from a server on a thread of the client's
 own process (what this figure measured until 2026-12-02: the two share one interpreter lock).
+Then the same day once its closed run is compacted into Parquet (:mod:`catalog.compact`), as
+every day before today is kept, beside pyarrow reading the file.
 
 The day is written fast, directly through :class:`catalog.writer.TiledRunSink`: a start
 document with ``day``, one descriptor, event pages of 10,000 rows, a stop.
@@ -137,6 +139,7 @@ def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
             if a:
                 adbc_s.append(a[0])
         fresh_client_s = _fresh_client_day(process.url)
+        closed = _closed_day(archive, tmp, repeats)
         process.stop()
         publisher.stop()
         server.stop()
@@ -152,10 +155,40 @@ def figure_day(quick: bool, rows: int | None = None, m: int = 5) -> list[dict]:
         archive_day_fresh_client_s=round(fresh_client_s, 3),
         sqlite3_s={"median": round(statistics.median(sqlite_s), 3)},
         adbc_arrow_s={"median": round(statistics.median(adbc_s), 3)} if adbc_s else None,
-        ratios={"archive_day_vs_storage_ceiling": round(day_s / ceiling, 2)},
+        closed_day_parquet=closed,
+        ratios={"archive_day_vs_storage_ceiling": round(day_s / ceiling, 2),
+                "closed_day_vs_parquet_ceiling": closed["ratio_to_ceiling"],
+                "closed_day_vs_rows_day": round(closed["archive_day_s"]["median"] / day_s, 2)},
         targets={"day_read_le_1s": day_s <= 1.0 and n_rows[-1] == rows,
                  "applies": rows >= 864_000},
     )]
+
+
+def _closed_day(archive, tmp: Path, repeats: int) -> dict:
+    """The same day once its run is compacted into Parquet (every day but today is), read
+    through the same server process, beside pyarrow reading the file (its ceiling)."""
+    import pyarrow.parquet as pq
+
+    from catalog.compact import Compactor
+
+    t0 = time.perf_counter()
+    report = Compactor(tmp / "archive.db", grace=0).run()
+    compact_s = time.perf_counter() - t0
+    (path,) = (tmp / "archive.data").rglob("*.parquet")
+    read_s, ceiling_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        df = archive.day(OBJECT, DAY)
+        read_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pq.read_table(path).to_pandas()
+        ceiling_s.append(time.perf_counter() - t0)
+    day_s = statistics.median(read_s)
+    return {"compaction_s": round(compact_s, 2), "rows_compacted": report.rows,
+            "rows_read": len(df), "parquet_bytes": report.parquet_bytes,
+            "archive_day_s": {"median": round(day_s, 3), "all": [round(x, 3) for x in read_s]},
+            "pyarrow_read_s": {"median": round(statistics.median(ceiling_s), 3)},
+            "ratio_to_ceiling": round(day_s / statistics.median(ceiling_s), 2)}
 
 
 def _fresh_client_day(url: str) -> float:

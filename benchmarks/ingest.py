@@ -18,6 +18,7 @@ end, so a value written twice counts once and ``lost = offered - archived`` is e
 from __future__ import annotations
 
 import math
+import random
 import tempfile
 import threading
 import time
@@ -69,7 +70,8 @@ class Driver(threading.Thread):
     """Put a new value on every attribute of every device, ``rate`` rounds per second.
 
     One upstream timestamp per object per round (its attributes share it, as an IOC record
-    group would). Without ``rate`` it runs flat out. Stops after ``duration`` seconds or
+    group would). Values are noise-like float64, as a digitized reading is (what compresses
+    least on disk). Without ``rate`` it runs flat out. Stops after ``duration`` seconds or
     ``max_values`` puts, at an object boundary, or when :meth:`halt` is called.
     """
 
@@ -94,15 +96,15 @@ class Driver(threading.Thread):
     def run(self) -> None:
         self.t_start = t0 = time.time()
         deadline = t0 + self.duration
+        gauss = random.Random(0).gauss
         r = 0
         while not self._halt.is_set():
-            value = float(r)
             for sigs in self.groups:
                 if self._halt.is_set():
                     break
                 t = time.time()
-                for k, sig in enumerate(sigs):
-                    sig.sim_put(value + 0.001 * k, timestamp=t)
+                for k, sig in enumerate(sigs):  # a reading: a level and its noise, every
+                    sig.sim_put(100.0 * k + gauss(0.0, 0.01), timestamp=t)  # bit of it
                 self.offered += self.m
             r += 1
             self.rounds = r
@@ -304,6 +306,8 @@ class WardenRun:
         self.service = WardenService(warden_config(workdir, n, m, flush_interval),
                                      api_key=API_KEY, port=0)
         self.service.sim = None  # our driver replaces the machine model
+        self.service.compact_grace = None  # the figures count rows in the tables file;
+        # storage compacts the closed run itself, once they are counted
         self.latest = instrument_latest(self.service, m)  # before start(): the app uses it
         self.build_s = time.perf_counter() - t0
         self.url = ""
@@ -650,7 +654,7 @@ def figure_memory(quick: bool, values: int | None = None, n: int | None = None,
                      and memory["growth_per_10M_values_mb"] <= 50},
         )]
         if with_storage:
-            out.append(_storage_figure(run.disk(), counted, m, quick))
+            out.append(_storage_figure(run, counted, m, quick))
         run.close(fin["drained"])
     return out
 
@@ -669,23 +673,38 @@ def figure_storage(quick: bool, values: int | None = None, n: int | None = None,
         run.drive(rate, duration=10 * values / offered + 60, max_values=values)
         fin = run.finish(drain_timeout=120 if quick else 900)
         counted = run.count()
-        out = [_storage_figure(run.disk(), counted, m, quick)]
+        out = [_storage_figure(run, counted, m, quick)]
         run.close(fin["drained"])
     return out
 
 
-def _storage_figure(disk: dict[str, int], counted: dict[str, int], m: int,
-                    quick: bool) -> dict:
+def _storage_figure(run: WardenRun, counted: dict[str, int], m: int, quick: bool) -> dict:
+    """Bytes on disk per value: the closed run as its rows in SQLite (how the open day is
+    kept), then compacted into Parquet (how every closed day is kept: the figure)."""
+    from catalog.compact import Compactor
+
     values = max(1, counted["values"])
+    rows_disk = run.disk()
+    t0 = time.perf_counter()
+    report = Compactor(run.workdir / "archive.db", grace=0).run()
+    compact_s = time.perf_counter() - t0
+    disk = run.disk()
     per_value = disk["total"] / values
     refs = _storage_references(m, rows=min(200_000, max(10_000, counted["rows"])))
     return emit(
         "storage", quick=quick, M=m, archived_values=counted["values"],
         archived_rows=counted["rows"], bytes=disk, bytes_per_value=round(per_value, 2),
-        bytes_per_value_tables_only=round(disk["tables_db"] / values, 2),
+        bytes_per_value_open_day_rows=round(rows_disk["total"] / values, 2),
+        bytes_rows=rows_disk,
+        compaction={"tables": report.tables, "rows": report.rows, "deleted": report.deleted,
+                    "errors": report.errors, "parquet_bytes": report.parquet_bytes,
+                    "seconds": round(compact_s, 2),
+                    "rows_per_s": round(report.rows / max(compact_s, 1e-9))},
         references=refs,
         ratios={"warden_vs_plain_sqlite_same_layout":
                 _ratio(per_value, refs["plain_sqlite_same_layout"]),
+                "open_day_rows_vs_plain_sqlite_same_layout":
+                _ratio(rows_disk["total"] / values, refs["plain_sqlite_same_layout"]),
                 "warden_vs_raw_16": _ratio(per_value, 16.0)},
         targets={"le_16_bytes_per_value": per_value <= 16.0},
     )
@@ -710,7 +729,7 @@ def _storage_references(m: int, rows: int) -> dict[str, float]:
     }
     rng = np.random.default_rng(0)
     t = 1.7e9 + np.cumsum(rng.random(rows))
-    vals = rng.normal(size=(rows, m))
+    vals = 100.0 * np.arange(m) + rng.normal(0.0, 0.01, size=(rows, m))
     with tempfile.TemporaryDirectory() as tmp:
         for name, cols in layouts.items():
             path = Path(tmp) / f"{name}.db"

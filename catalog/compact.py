@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ SQL_TABLE = "application/x-tiled-sql-table"
 PARQUET = "application/x-parquet"
 DELETE_CHUNK = 20_000  # rows per delete transaction: the writer waits at most ~0.1 s
 VACUUM_CHUNK = 2_000  # pages given back to the disk per transaction (8 MB)
+ROW_GROUP = 1_048_576  # rows per Parquet row group (pyarrow's default), read a group at a time
 
 
 @dataclass
@@ -123,16 +125,16 @@ class Compactor:
         """The SQL tables of runs whose stop document is written."""
         from tiled.structures.table import TableStructure
 
-        rows = catalog.execute(
+        rows = catalog.execute(  # from the SQL tables (few: the open day's, and these)
             """
-            SELECT ds.id, run.id, run.key, ds.parameters, s.structure, c.descendant
-            FROM nodes AS run
-            JOIN nodes_closure AS c ON c.ancestor = run.id AND c.depth > 0
-            JOIN data_sources AS ds ON ds.node_id = c.descendant
+            SELECT ds.id, run.id, run.key, ds.parameters, s.structure, ds.node_id
+            FROM data_sources AS ds
+            JOIN nodes_closure AS c ON c.descendant = ds.node_id AND c.depth > 0
+            JOIN nodes AS run ON run.id = c.ancestor
             JOIN structures AS s ON s.id = ds.structure_id
-            WHERE run.parent = (SELECT id FROM nodes WHERE parent IS NULL)
+            WHERE ds.mimetype = ?
+              AND run.parent = (SELECT id FROM nodes WHERE parent IS NULL)
               AND json_extract(run.metadata, '$.stop') IS NOT NULL
-              AND ds.mimetype = ?
             ORDER BY ds.id
             """, (SQL_TABLE,)).fetchall()
         out = []
@@ -148,19 +150,24 @@ class Compactor:
         return self.data_dir.joinpath(table.run, *table.path, "partition-0.parquet")
 
     def _write_parquet(self, tables, table: Table) -> tuple[int, int]:
-        data = _read_rows(tables, table)
+        """Write the table's rows to its file (a row group at a time: bounded memory);
+        return (rows, bytes)."""
         path = self.parquet_path(table)
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_suffix(".parquet.part")
-        pq.write_table(data, part, **parquet_options(data.schema))
+        rows = 0
+        with pq.ParquetWriter(part, table.schema, **parquet_options(table.schema)) as out:
+            for group in _read_rows(tables, table):
+                out.write_table(group, row_group_size=ROW_GROUP)
+                rows += len(group)
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(part, path)
         _fsync_dir(path.parent)
         written = pq.read_metadata(path).num_rows
-        if written != len(data):
-            raise RuntimeError(f"{path} holds {written} rows, not {len(data)}")
-        return len(data), path.stat().st_size
+        if written != rows:
+            raise RuntimeError(f"{path} holds {written} rows, not {rows}")
+        return rows, path.stat().st_size
 
     def _switch(self, catalog: sqlite3.Connection, table: Table, rows: int) -> None:
         """Point the table's data source at its file, in one transaction."""
@@ -171,7 +178,6 @@ class Compactor:
         compacted = {"table_name": table.table_name, "dataset_id": table.dataset_id,
                      "rows": rows, "deleted": False}
         with catalog:  # BEGIN ... COMMIT (ROLLBACK on error)
-            catalog.execute("DELETE FROM assets WHERE data_uri = ?", (uri,))  # a failed try
             asset = catalog.execute(
                 "INSERT INTO assets (data_uri, is_directory, size) VALUES (?, 0, ?)",
                 (uri, size)).lastrowid
@@ -213,19 +219,24 @@ class Compactor:
 
     def _give_back_pages(self, tables) -> None:
         """Shrink the tables file by its free pages (an archive made before compaction
-        existed has no incremental vacuum: its free pages are reused by the next days)."""
+        existed has no incremental vacuum: its free pages are reused by the next days), then
+        its write-ahead log, which the deletes filled (it keeps its largest size otherwise)."""
         while not self.stopping.is_set():
             with tables.cursor() as cursor:
                 cursor.execute("PRAGMA freelist_count")
                 free = cursor.fetchone()[0]
-                if not free:
-                    return
-                cursor.execute(f"PRAGMA incremental_vacuum({VACUUM_CHUNK})")
-                cursor.fetchall()
-                cursor.execute("PRAGMA freelist_count")
-                if cursor.fetchone()[0] == free:  # auto_vacuum is off in this file
-                    return
+                if free:
+                    cursor.execute(f"PRAGMA incremental_vacuum({VACUUM_CHUNK})")
+                    cursor.fetchall()
+                    cursor.execute("PRAGMA freelist_count")
+                    after = cursor.fetchone()[0]
             tables.commit()
+            if not free or after == free:  # done, or auto_vacuum is off in this file
+                break
+        with tables.cursor() as cursor:  # (not while a reader is on an older snapshot)
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.fetchall()
+        tables.commit()
 
     # -- connections -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -302,16 +313,28 @@ def parquet_options(schema: pa.Schema) -> dict:
             "column_encoding": encoding}
 
 
-def _read_rows(tables, table: Table) -> pa.Table:
-    """The table's rows in the order written, as Tiled reads them (same names and types)."""
+def _read_rows(tables, table: Table) -> Iterator[pa.Table]:
+    """The table's rows in the order written, as Tiled reads them (same names and types),
+    ``ROW_GROUP`` rows at a time."""
     names = table.schema.names
     columns = ", ".join(f'"{n.lower()}"' for n in names)
     with tables.cursor() as cursor:
         cursor.execute(f'SELECT {columns} FROM "{table.table_name}" '
                        f"WHERE _dataset_id = {table.dataset_id} ORDER BY _partition_id, rowid")
-        data = cursor.fetch_arrow_table()
+        batches, n = [], 0
+        for batch in cursor.fetch_record_batch():
+            batches.append(batch)
+            n += batch.num_rows
+            if n >= ROW_GROUP:
+                yield _as_schema(batches, table.schema)
+                batches, n = [], 0
+        if batches:
+            yield _as_schema(batches, table.schema)
     tables.commit()  # end the read transaction: the writer may checkpoint the WAL
-    return data.rename_columns(names).cast(table.schema)
+
+
+def _as_schema(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches(batches).rename_columns(schema.names).cast(schema)
 
 
 def _to_delete(catalog: sqlite3.Connection) -> list[tuple[int, dict]]:
