@@ -53,8 +53,8 @@ def exchange_rows(svc):
     if not len(archive.catalog):  # the run's start document is not written yet
         return []
     run = archive.catalog.values().last()
-    if "exchange" not in run:
-        return []
+    if "exchange" not in run or "internal" not in run["exchange"].base:
+        return []  # no stream yet, or its descriptor without its first page
     table = run["exchange"].base["internal"].read()
     return list(zip(table["value"], table["accepted"], strict=True))
 
