@@ -47,6 +47,7 @@ PARQUET = "application/x-parquet"
 DELETE_CHUNK = 20_000  # rows per delete transaction: the writer waits at most ~0.1 s
 VACUUM_CHUNK = 2_000  # pages given back to the disk per transaction (8 MB)
 ROW_GROUP = 1_048_576  # rows per Parquet row group (pyarrow's default), read a group at a time
+BUSY_TIMEOUT_MS = 30_000  # how long a step waits for the writer's transaction
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Compactor:
     """Compact the closed runs of the SQLite archive ``archive.db`` (beside it:
     ``archive.tables.db`` and ``archive.data/``)."""
 
-    def __init__(self, archive: str | Path, grace: float = 10.0):
+    def __init__(self, archive: str | Path, grace: float = 60.0):
         archive = Path(archive)
         self.catalog = archive
         self.tables = archive.with_suffix(".tables.db")
@@ -85,7 +86,7 @@ class Compactor:
         self.stopping = threading.Event()  # set: stop between steps (nothing is lost)
 
     @classmethod
-    def for_uri(cls, uri: str, grace: float = 10.0) -> Compactor | None:
+    def for_uri(cls, uri: str, grace: float = 60.0) -> Compactor | None:
         """The compactor of a ``sqlite:///`` archive URI; None for other archives."""
         if not uri.startswith("sqlite:"):
             return None
@@ -187,31 +188,41 @@ class Compactor:
                 "INSERT INTO data_source_asset_association "
                 "(data_source_id, asset_id, parameter, num) VALUES (?, ?, 'data_uris', 0)",
                 (table.data_source, asset))
-            catalog.execute(
+            switched = catalog.execute(
                 "UPDATE data_sources SET mimetype = ?, parameters = '{}', properties = ?, "
                 "management = 'immutable' WHERE id = ? AND mimetype = ?",
                 (PARQUET, json.dumps({"compacted": compacted}), table.data_source, SQL_TABLE))
+            if switched.rowcount != 1:  # switched by another pass meanwhile: undo ours
+                raise RuntimeError(f"data source {table.data_source} is no longer SQL")
 
     def _delete_rows(self, catalog: sqlite3.Connection, tables) -> int:
-        """Delete the rows of compacted tables, a chunk per transaction."""
+        """Delete the rows of compacted tables, a chunk per transaction; each table is marked
+        done as soon as its rows are gone (a failed one is tried again at the next pass)."""
+        import adbc_driver_manager
+
         deleted = 0
-        done = []
         for source, compacted in _to_delete(catalog):
             name, dataset = compacted["table_name"], int(compacted["dataset_id"])
-            while not self.stopping.is_set():
-                with tables.cursor() as cursor:
-                    cursor.execute(
-                        f'DELETE FROM "{name}" WHERE rowid IN (SELECT rowid FROM "{name}" '
-                        f"WHERE _dataset_id = {dataset} LIMIT {DELETE_CHUNK})")
-                    cursor.execute("SELECT changes()")  # (ADBC's rowcount is -1)
-                    n = cursor.fetchone()[0]
-                tables.commit()
-                deleted += n
-                if n < DELETE_CHUNK:
-                    done.append((source, compacted))
-                    break
-        with catalog:
-            for source, compacted in done:
+            try:
+                while True:
+                    if self.stopping.is_set():
+                        return deleted
+                    with tables.cursor() as cursor:
+                        cursor.execute(
+                            f'DELETE FROM "{name}" WHERE rowid IN (SELECT rowid FROM "{name}" '
+                            f"WHERE _dataset_id = {dataset} LIMIT {DELETE_CHUNK})")
+                        cursor.execute("SELECT changes()")  # (ADBC's rowcount is -1)
+                        n = cursor.fetchone()[0]
+                    tables.commit()
+                    deleted += n
+                    if n < DELETE_CHUNK:
+                        break
+            except adbc_driver_manager.Error as err:
+                tables.rollback()
+                if "no such table" not in str(err):  # (a table gone holds no rows)
+                    log.warning("could not delete the compacted rows of %s: %s", name, err)
+                    continue
+            with catalog:
                 catalog.execute("UPDATE data_sources SET properties = ? WHERE id = ?",
                                 (json.dumps({"compacted": {**compacted, "deleted": True}}),
                                  source))
@@ -220,23 +231,30 @@ class Compactor:
     def _give_back_pages(self, tables) -> None:
         """Shrink the tables file by its free pages (an archive made before compaction
         existed has no incremental vacuum: its free pages are reused by the next days), then
-        its write-ahead log, which the deletes filled (it keeps its largest size otherwise)."""
-        while not self.stopping.is_set():
-            with tables.cursor() as cursor:
-                cursor.execute("PRAGMA freelist_count")
-                free = cursor.fetchone()[0]
-                if free:
-                    cursor.execute(f"PRAGMA incremental_vacuum({VACUUM_CHUNK})")
-                    cursor.fetchall()
-                    cursor.execute("PRAGMA freelist_count")
-                    after = cursor.fetchone()[0]
-            tables.commit()
-            if not free or after == free:  # done, or auto_vacuum is off in this file
-                break
-        with tables.cursor() as cursor:  # (not while a reader is on an older snapshot)
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            cursor.fetchall()
-        tables.commit()
+        its write-ahead log, which the deletes filled (it keeps its largest size otherwise).
+
+        Each step is a transaction of its own, so it waits its turn behind the writer's; a
+        busy file is left for the next pass."""
+        import adbc_driver_manager
+
+        try:
+            free = _pragma(tables, "freelist_count")
+            while free and not self.stopping.is_set():
+                _pragma(tables, f"incremental_vacuum({VACUUM_CHUNK})")
+                after = _pragma(tables, "freelist_count")
+                if after == free:  # auto_vacuum is off in this file
+                    break
+                free = after
+            # TRUNCATE holds the write lock while it waits for readers on older snapshots:
+            # a short wait, else the log is truncated at a later pass
+            _pragma(tables, "busy_timeout = 200")
+            try:
+                _pragma(tables, "wal_checkpoint(TRUNCATE)")
+            finally:
+                _pragma(tables, f"busy_timeout = {BUSY_TIMEOUT_MS}")
+        except adbc_driver_manager.Error as err:
+            tables.rollback()
+            log.info("tables file busy (%s): its free pages go back at the next pass", err)
 
     # -- connections -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -253,8 +271,7 @@ class Compactor:
 
         db = adbc_driver_sqlite.dbapi.connect(str(self.tables))
         try:
-            with db.cursor() as cursor:  # wait for the writer's commits (it waits for ours)
-                cursor.execute("PRAGMA busy_timeout = 30000")
+            _pragma(db, f"busy_timeout = {BUSY_TIMEOUT_MS}")  # wait for the writer's commits
             yield db
         finally:
             db.close()
@@ -318,23 +335,36 @@ def _read_rows(tables, table: Table) -> Iterator[pa.Table]:
     ``ROW_GROUP`` rows at a time."""
     names = table.schema.names
     columns = ", ".join(f'"{n.lower()}"' for n in names)
-    with tables.cursor() as cursor:
-        cursor.execute(f'SELECT {columns} FROM "{table.table_name}" '
-                       f"WHERE _dataset_id = {table.dataset_id} ORDER BY _partition_id, rowid")
-        batches, n = [], 0
-        for batch in cursor.fetch_record_batch():
-            batches.append(batch)
-            n += batch.num_rows
-            if n >= ROW_GROUP:
+    try:
+        with tables.cursor() as cursor:
+            cursor.execute(f'SELECT {columns} FROM "{table.table_name}" '
+                           f"WHERE _dataset_id = {table.dataset_id} "
+                           "ORDER BY _partition_id, rowid")
+            batches, n = [], 0
+            for batch in cursor.fetch_record_batch():
+                batches.append(batch)
+                n += batch.num_rows
+                if n >= ROW_GROUP:
+                    yield _as_schema(batches, table.schema)
+                    batches, n = [], 0
+            if batches:
                 yield _as_schema(batches, table.schema)
-                batches, n = [], 0
-        if batches:
-            yield _as_schema(batches, table.schema)
-    tables.commit()  # end the read transaction: the writer may checkpoint the WAL
+    finally:
+        tables.rollback()  # end the read transaction, whatever happened: the writer may
+        # checkpoint the write-ahead log past it
 
 
 def _as_schema(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(batches).rename_columns(schema.names).cast(schema)
+
+
+def _pragma(db, statement: str):
+    """Run ``PRAGMA statement`` in a transaction of its own; its first value (or None)."""
+    with db.cursor() as cursor:
+        cursor.execute(f"PRAGMA {statement}")
+        row = cursor.fetchone()
+    db.commit()
+    return row[0] if row else None
 
 
 def _to_delete(catalog: sqlite3.Connection) -> list[tuple[int, dict]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import threading
 from zoneinfo import ZoneInfo
 
 import adbc_driver_sqlite.dbapi
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from conftest import run_service, sim_config, wait_for
 
+from catalog import compact
 from catalog.compact import PARQUET, SQL_TABLE, Compactor
 
 ZONE = ZoneInfo("America/New_York")
@@ -49,6 +51,17 @@ def pragma(tmp_path, name: str) -> int:
         with db.cursor() as cursor:
             cursor.execute(f"PRAGMA {name}")
             return cursor.fetchone()[0]
+
+
+def free_pages(tmp_path) -> None:
+    """Leave a megabyte of free pages in the tables file."""
+    with adbc_driver_sqlite.dbapi.connect(str(tmp_path / "archive.tables.db")) as db:
+        with db.cursor() as cursor:
+            cursor.execute("CREATE TABLE filler (b)")
+            cursor.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                           "WHERE i < 1000) INSERT INTO filler SELECT randomblob(1000) FROM n")
+            cursor.execute("DROP TABLE filler")
+        db.commit()
 
 
 def everything(archive) -> dict[str, pd.DataFrame]:
@@ -144,3 +157,58 @@ def test_an_interrupted_compaction_loses_nothing_and_the_next_one_finishes(tmp_p
                      db.execute("SELECT properties FROM data_sources WHERE mimetype = ?",
                                 (PARQUET,))]
         assert all(m["deleted"] for m in marks) and sum(m["rows"] for m in marks) == rows
+
+
+class LockedTables:
+    """Another writer in the middle of a transaction on the tables file (as the archive
+    writer is, a batch at a time), committing after ``seconds`` (None: at ``release``).
+    ADBC's SQLite, as the writer's: two copies of SQLite in one process do not see each
+    other's locks."""
+
+    def __init__(self, tmp_path, seconds: float | None = None):
+        self.db = adbc_driver_sqlite.dbapi.connect(str(tmp_path / "archive.tables.db"))
+        with self.db.cursor() as cursor:  # a commit after the compactor's snapshot
+            cursor.execute("CREATE TABLE IF NOT EXISTS other_writer (x)")
+            cursor.execute("INSERT INTO other_writer VALUES (1)")
+        self.timer = threading.Timer(seconds, self.release) if seconds is not None else None
+        if self.timer:
+            self.timer.start()
+
+    def release(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+
+def test_a_busy_tables_file_waits_its_turn_or_is_left_for_the_next_pass(tmp_path, monkeypatch):
+    start = dt.datetime(2001, 11, 6, 10, 0, tzinfo=ZONE)
+    with run_service(sim_config(tmp_path), start, seconds=3, compact_grace=None) as archive:
+        before = archive.day("yi2-wcm3", "2001-11-06")
+        rows = sql_rows(tmp_path)
+        monkeypatch.setattr(compact, "BUSY_TIMEOUT_MS", 300)
+
+        # held past the compactor's patience: the tables move, their rows stay for later
+        locked = LockedTables(tmp_path)
+        report = Compactor(tmp_path / "archive.db", grace=0).run()
+        locked.release()
+        assert (report.tables, report.deleted, report.errors) == (3, 0, [])
+        assert sql_rows(tmp_path) == rows
+        pd.testing.assert_frame_equal(archive.day("yi2-wcm3", "2001-11-06"), before)
+
+        # the next pass deletes them; the pages go back while a writer holds the file for
+        # less than the compactor waits (it takes its turn, rather than failing at once)
+        class KeepPages(Compactor):
+            def _give_back_pages(self, tables):
+                pass
+
+        assert KeepPages(tmp_path / "archive.db", grace=0).run().deleted == rows
+        free_pages(tmp_path)  # (a few seconds' rows fill a page or two: they free none)
+        assert pragma(tmp_path, "freelist_count") > 200
+        compactor = Compactor(tmp_path / "archive.db", grace=0)
+        monkeypatch.setattr(compact, "BUSY_TIMEOUT_MS", 5000)
+        with compactor._tables() as tables:
+            locked = LockedTables(tmp_path, seconds=0.5)
+            compactor._give_back_pages(tables)
+            locked.timer.join()
+        assert pragma(tmp_path, "freelist_count") == 0 and sql_rows(tmp_path) == 0
+        assert compactor.pending() == 0
+        pd.testing.assert_frame_equal(archive.day("yi2-wcm3", "2001-11-06"), before)

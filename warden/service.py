@@ -126,7 +126,7 @@ class WardenService:
         self.reconnect: ReconnectWatch | None = None
         self.engine: RunEngine | None = None  # the RunEngine of run()
         # closed runs move into Parquet; their rows outlive the switch this long (None: off)
-        self.compact_grace: float | None = 10.0
+        self.compact_grace: float | None = 60.0
         self.ascii = (
             AsciiDayWriter(config.ascii.directory, config.ascii.prefix, config.zone)
             if config.ascii else None

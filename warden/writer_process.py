@@ -52,7 +52,7 @@ class WriterSpec:
     url: str  # the service's Tiled server (new runs, streams and arrays go through it)
     api_key: str
     spool: str
-    compact_grace: float | None = 10.0  # closed runs: seconds between their switch to
+    compact_grace: float | None = 60.0  # closed runs: seconds between their switch to
     # Parquet and deleting their rows (catalog.compact); None: no compaction
 
 
