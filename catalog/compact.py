@@ -6,9 +6,10 @@ The open day is appended, row by row, to Tiled's SQL tables (``archive.tables.db
 appended to it again, so each of its tables is written to one Parquet file under
 ``archive.data/<run>/<stream>/internal/`` (zstd; floats byte-stream split, ``seq_num`` delta
 coded: about 10 bytes per value for noise-like float64, far less for real signals). Tiled's
-catalog then points the table's node at that file (the structure is unchanged; Tiled serves
-Parquet with its own adapter, so stock clients read the same frame), and the rows are deleted
-from the tables file, which gives the pages back to the disk. The EPICS Archiver Appliance
+catalog then points the table's node at that file (the structure is unchanged; the warden's
+server reads it with ``catalog.parquet``, a stock Tiled server with its own adapter; stock
+clients read the same frame), and the rows are deleted from the tables file, which gives the
+pages back to the disk. The EPICS Archiver Appliance
 does the same from its short-term to its long-term store.
 
 Each step can be interrupted (crash, kill) without losing anything:

@@ -24,7 +24,9 @@ from tiled.server.app import build_app
 from tiled.server.logging_config import LOGGING_CONFIG
 from tiled.server.settings import get_settings
 
+from .compact import PARQUET
 from .latest import LatestFastPath, LatestStore, latest_route, latest_tree, read_only_routes
+from .parquet import ParquetTable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None
         raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
     if init and not catalog_initialized(archive_uri):
         init_catalog(catalog)
-    return catalog_from_uri(catalog, writable_storage=[data_dir, tables], specs=specs)
+    return catalog_from_uri(catalog, writable_storage=[data_dir, tables], specs=specs,
+                            adapters_by_mimetype={PARQUET: ParquetTable})  # compacted days
 
 
 def init_catalog(uri: str) -> None:

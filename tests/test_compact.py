@@ -1,7 +1,7 @@
 """Closed runs move from the row tables into Parquet files and read the same (catalog.compact).
 
 Real parts: the service on the sim source with its writer process and Tiled server process,
-the SQLite archive on disk, Tiled's own Parquet adapter answering the reads.
+the SQLite archive on disk, Tiled's server answering the reads from the Parquet files.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def everything(archive) -> dict[str, pd.DataFrame]:
     return out
 
 
-def test_closed_runs_move_into_parquet_and_read_the_same(tmp_path):
+def test_closed_runs_move_into_parquet_and_read_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(compact, "ROW_GROUP", 7)  # files of several row groups
     start = dt.datetime(2001, 11, 6, 23, 59, 56, tzinfo=ZONE)
     with run_service(sim_config(tmp_path), start, seconds=8, compact_grace=None) as archive:
         before = everything(archive)
@@ -96,6 +97,7 @@ def test_closed_runs_move_into_parquet_and_read_the_same(tmp_path):
     assert len(before["range"]) >= 4  # both sides of midnight
     files = list((tmp_path / "archive.data").rglob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == rows
+    assert max(pq.read_metadata(f).num_row_groups for f in files) > 1
     assert pragma(tmp_path, "auto_vacuum") == 2  # incremental: the pages the rows held
     assert pragma(tmp_path, "freelist_count") == 0  # went back to the disk
     assert compactor.run().tables == 0  # nothing left to do
