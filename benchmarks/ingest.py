@@ -144,13 +144,15 @@ def _instrumented_latest_class():
         Every row's update time comes from the pages the RunEngine emits; ``latest`` serves
         a row once the publisher has copied a value of the object at least as new (its last
         attribute's), which is usually before the page is emitted (``latest`` reads the
-        buffers). So the publications are kept per object and matched to the rows in bulk
-        (:meth:`settle`); the hooks, which run on the service's threads (the RunEngine's, the
-        publisher's, the writer's reports), only keep timestamps.
+        buffers). The hooks, which run on the service's threads (the RunEngine's, the
+        publisher's, the writer's reports), only append timestamps; a thread of the
+        benchmark's own matches them in bulk every ``SETTLE_PERIOD`` seconds (:meth:`settle`).
+        (Matching on the publisher's thread held up the very publications it timed: at
+        N = 10,000 a pass over every object took seconds.)
         """
 
-        SETTLE_EMITTED = 10_000  # pages
-        SETTLE_WRITTEN = 2_000
+        SETTLE_PERIOD = 1.0  # s
+        STRIDE = 1e6  # s: object k's times are keyed k * STRIDE + (t - t0), one sorted axis
 
         def __init__(self, objects: list[str], m: int):
             super().__init__(objects)
@@ -167,11 +169,20 @@ def _instrumented_latest_class():
             self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
             self.stop_written = threading.Event()
             self.pages_written = 0
-            self._rows: dict[str, list[list[float]]] = {}  # update times not yet served
-            self._pages = 0  # pages in _rows
-            self._publications: dict[str, list[tuple[float, float]]] = {}  # (at, newest)
-            self._written: list[tuple[float, list[float]]] = []  # (written at, update times)
+            self._index = {name: k for k, name in enumerate(self._objects)}
+            self._t0 = time.time() - 1e4  # times are kept as t - _t0 (see STRIDE)
+            # what the hooks append (under _lock), taken in bulk by settle()
+            self._new_rows: list[tuple[int, list[float]]] = []  # (object, update times)
+            self._new_pubs: list[tuple[float, list[int], list[float]]] = []  # (at, objects,
+            self._written: list[tuple[float, list[float]]] = []  # newest) / (at, update times)
             self._lock = threading.Lock()
+            # settle()'s own: rows not served yet, publications that may serve a later row
+            self._rows = (np.empty(0, np.int64), np.empty(0))
+            self._pubs = (np.empty(0, np.int64), np.empty(0), np.empty(0))
+            self._newest_row = np.full(len(self._objects), -math.inf)
+            self._settling = threading.Lock()
+            self._stop_settling = threading.Event()
+            self._settler: threading.Thread | None = None
 
         def _stamps(self, doc: dict) -> list[float] | None:
             """The rows' upstream times of a page (or of what the writer says it wrote)."""
@@ -185,20 +196,21 @@ def _instrumented_latest_class():
             if name == "event_page":
                 ts = self._stamps(doc)
                 if ts:
+                    k = self._index[self._streams[doc["descriptor"]]]
                     with self._lock:
-                        self._rows.setdefault(self._streams[doc["descriptor"]], []).append(ts)
-                        self._pages += 1
+                        self._new_rows.append((k, ts))
                     self.values_seen += self.m * len(ts)
 
         def published(self, entries: dict[str, dict], now: float) -> None:
             """The publisher's hook: these entries are served from ``now`` on."""
+            objects, newest = [], []
+            for obj, entry in entries.items():
+                value = entry["attributes"].get(self.key)
+                if value is not None:
+                    objects.append(self._index[obj])
+                    newest.append(value["timestamp"])
             with self._lock:
-                for obj, entry in entries.items():
-                    value = entry["attributes"].get(self.key)
-                    if value is not None:
-                        self._publications.setdefault(obj, []).append((now, value["timestamp"]))
-                if self._pages >= max(self.SETTLE_EMITTED, 10 * len(self._objects)):
-                    self._settle_fresh()  # (its cost is per object: less often at large N)
+                self._new_pubs.append((now, objects, newest))
 
         def archived(self, name: str, doc: dict) -> None:
             super().archived(name, doc)
@@ -208,16 +220,34 @@ def _instrumented_latest_class():
                 if ts:
                     with self._lock:
                         self._written.append((time.time(), ts))
-                        if len(self._written) >= self.SETTLE_WRITTEN:
-                            self._settle_written()
             elif name == "stop":
                 self.stop_written.set()
+
+        def start_settling(self) -> None:
+            """Settle every ``SETTLE_PERIOD`` seconds on a thread of the benchmark's own."""
+            def loop():
+                while not self._stop_settling.wait(self.SETTLE_PERIOD):
+                    self.settle()
+
+            self._settler = threading.Thread(target=loop, name="bench-settle", daemon=True)
+            self._settler.start()
 
         def settle(self) -> None:
             """Count what the hooks kept (call before reading the figures)."""
             with self._lock:
-                self._settle_fresh()
-                self._settle_written()
+                rows, self._new_rows = self._new_rows, []
+                pubs, self._new_pubs = self._new_pubs, []
+                written, self._written = self._written, []
+            with self._settling:
+                self._settle_fresh(rows, pubs)
+                self._settle_written(written)
+
+        def stop_settling(self) -> None:
+            """Stop the settling thread, then settle what is left."""
+            self._stop_settling.set()
+            if self._settler is not None:
+                self._settler.join()
+            self.settle()
 
         def _count(self, hist: LatencyHistogram, warm_hist: LatencyHistogram,
                    when: np.ndarray, ts: np.ndarray) -> None:
@@ -228,34 +258,33 @@ def _instrumented_latest_class():
             warm_hist.add(when[warm] - ts[warm], self.m)
             hist.add(when[~warm] - ts[~warm], self.m)
 
-        def _settle_fresh(self) -> None:
+        def _settle_fresh(self, rows: list, pubs: list) -> None:
             """Each row's freshness: from its update time to the first publication of a value
             at least as new. Rows not served yet wait for the next settling."""
-            whens, stamps = [], []
-            for obj, pages in list(self._rows.items()):
-                pubs = self._publications.get(obj)
-                if not pubs:
-                    continue
-                at = np.array([a for a, _ in pubs])
-                newest = np.maximum.accumulate([t for _, t in pubs])
-                ts = np.concatenate(pages)
-                first = np.searchsorted(newest, ts, side="left")
-                served = first < len(newest)
-                whens.append(at[first[served]])
-                stamps.append(ts[served])
-                if served.all():
-                    del self._rows[obj]
-                else:
-                    self._rows[obj] = [ts[~served]]
-                # later rows are newer: they cannot be served by an earlier publication
-                self._publications[obj] = pubs[int(first[served].max()):] if served.any() else pubs
-            self._pages = sum(len(pages) for pages in self._rows.values())
-            if whens:
-                self._count(self.fresh, self.fresh_warm, np.concatenate(whens),
-                            np.concatenate(stamps))
+            t0, stride = self._t0, self.STRIDE
+            r_obj = np.concatenate([self._rows[0], np.repeat(
+                np.array([k for k, _ in rows], np.int64),
+                np.array([len(t) for _, t in rows], np.int64))])
+            r_ts = np.concatenate([self._rows[1],
+                                   np.fromiter((t for _, ts in rows for t in ts), float)]) - t0
+            p_obj = np.concatenate([self._pubs[0]] + [np.array(o, np.int64) for _, o, _ in pubs])
+            p_at = np.concatenate([self._pubs[1]] + [np.full(len(o), a) for a, o, _ in pubs])
+            p_new = np.concatenate([self._pubs[2]] + [np.array(n) - t0 for _, _, n in pubs])
+            order = np.lexsort((p_at, p_obj))  # by object, then in the order published
+            p_obj, p_at, p_new = p_obj[order], p_at[order], p_new[order]
+            # newest value served so far, per object: one ascending axis over all objects
+            served_upto = np.maximum.accumulate(p_obj * stride + p_new)
+            first = np.searchsorted(served_upto, r_obj * stride + r_ts, side="left")
+            found = first < len(p_obj)
+            found[found] = p_obj[first[found]] == r_obj[found]
+            self._count(self.fresh, self.fresh_warm, p_at[first[found]], r_ts[found] + t0)
+            self._rows = (r_obj[~found], r_ts[~found] + t0)
+            # a later row is newer than every row so far: keep the publications that may serve it
+            np.maximum.at(self._newest_row, r_obj, r_ts)
+            keep = served_upto - p_obj * stride >= self._newest_row[p_obj]
+            self._pubs = (p_obj[keep], p_at[keep], p_new[keep])
 
-        def _settle_written(self) -> None:
-            written, self._written = self._written, []
+        def _settle_written(self, written: list) -> None:
             if not written:
                 return
             when = np.repeat([t for t, _ in written], [len(ts) for _, ts in written])
@@ -319,6 +348,7 @@ class WardenRun:
         t0 = time.perf_counter()
         self.url = self.service.start()
         self.service.publisher.on_published = self.latest.published
+        self.latest.start_settling()
         if plan:
             self.start_plan()
         self.start_s = time.perf_counter() - t0
@@ -374,7 +404,7 @@ class WardenRun:
         self.plan.join(timeout=drain_timeout)
         drained = self.latest.stop_written.wait(max(0.0, drain_timeout - (time.time() - t0)))
         self._sampling.set()
-        self.latest.settle()
+        self.latest.stop_settling()
         return {"drained": drained, "drain_s": round(time.time() - t0, 2),
                 "writer_backlog": self.service.writer.backlog,
                 "writer_errors": self.service.writer.errors}

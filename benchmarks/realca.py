@@ -156,6 +156,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     t_connect = time.perf_counter()
     service.start()
     service.publisher.on_published = latest.published
+    latest.start_settling()
     plan = threading.Thread(target=service.run, name="warden-plan", daemon=True)
     plan.start()
     deadline = time.monotonic() + 60 + n / 10
@@ -176,7 +177,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     service.stop()
     plan.join(timeout=300)
     drained = latest.stop_written.wait(300)
-    latest.settle()
+    latest.stop_settling()
     counted = count_archived(tmp / "archive.tables.db", attributes(m), t0, t1)
     return {"values_in_window": counted["values"], "rows_in_window": counted["rows"],
             "values_per_s": round(counted["values"] / duration, 1),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +65,49 @@ def test_quick_run_loses_nothing(quick_run):
     assert ca["warden"]["values_in_window"] > 0
     assert ca["ceiling_pyepics"]["values_in_window"] > 0
     assert ca["warden"]["drained"] is True
+
+
+def test_freshness_is_timed_to_the_first_publication_at_least_as_new():
+    """The harness's matcher, settled now and then, against the rule applied by hand: an
+    update is fresh from the first publication of its object's entry after it, whether its
+    page is emitted before or after that publication."""
+    import random
+
+    from benchmarks.ingest import _instrumented_latest_class
+
+    latest = _instrumented_latest_class()(["a", "b", "c"], m=1)
+    latest.since = latest.warm_until = 0.0  # count every row, none as warm-up
+    for obj in "ab":  # "c" is configured but has no stream
+        latest("descriptor", {"uid": f"d-{obj}", "name": obj})
+    rng = random.Random(1)
+    unpublished = {"a": [], "b": []}  # update times not in a publication yet
+    unpaged = {"a": [], "b": []}  # update times not in an emitted page yet
+    newest = {}
+    expected = []
+    for step in range(2000):
+        t = 2e9 + step * 0.01  # upstream time (s since 1970)
+        last = step == 1999
+        for obj in "ab":
+            if not last and rng.random() < 0.5:  # an update
+                unpublished[obj].append(t)
+                unpaged[obj].append(t)
+                newest[obj] = t
+        at = t + 0.0005  # mid-millisecond: no rounding doubt in the 1 ms bins
+        published = [o for o in "ab" if unpublished[o] and (last or rng.random() < 0.4)]
+        latest.published({o: {"attributes": {"a0": {"value": 1.0, "timestamp": newest[o]}}}
+                          for o in published}, at)
+        for obj in published:
+            expected += [round((at - ts) * 1000 - 0.5) for ts in unpublished[obj]]
+            unpublished[obj] = []
+        if last or rng.random() < 0.2:  # a flush: a page of each object's new rows
+            for obj in "ab":
+                if unpaged[obj]:
+                    latest("event_page", {"descriptor": f"d-{obj}",
+                                          "timestamps": {"a0": unpaged[obj]}})
+                    unpaged[obj] = []
+        if step % 97 == 0:
+            latest.settle()
+    latest.settle()
+    counts = latest.fresh.counts
+    assert len(expected) > 1000 and int(counts.sum()) == len(expected)
+    assert np.repeat(np.arange(len(counts)), counts).tolist() == sorted(expected)
