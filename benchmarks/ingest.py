@@ -170,13 +170,15 @@ def _instrumented_latest_class():
             self.stop_written = threading.Event()
             self.pages_written = 0
             self._index = {name: k for k, name in enumerate(self._objects)}
-            self._t0 = time.time() - 1e4  # times are kept as t - _t0 (see STRIDE)
-            # what the hooks append (under _lock), taken in bulk by settle()
+            self._t0 = time.time() - 1e4  # settle() keeps times as t - _t0 (see STRIDE)
+            # what the hooks append (under _lock), taken in bulk by settle():
             self._new_rows: list[tuple[int, list[float]]] = []  # (object, update times)
             self._new_pubs: list[tuple[float, list[int], list[float]]] = []  # (at, objects,
-            self._written: list[tuple[float, list[float]]] = []  # newest) / (at, update times)
+            # each object's newest upstream time); what the writer wrote: (at, update times)
+            self._written: list[tuple[float, list[float]]] = []
             self._lock = threading.Lock()
-            # settle()'s own: rows not served yet, publications that may serve a later row
+            # settle()'s own: rows not served yet (object, time - _t0) and the publications
+            # that may serve a later row (object, at, newest - _t0)
             self._rows = (np.empty(0, np.int64), np.empty(0))
             self._pubs = (np.empty(0, np.int64), np.empty(0), np.empty(0))
             self._newest_row = np.full(len(self._objects), -math.inf)
@@ -223,8 +225,11 @@ def _instrumented_latest_class():
             elif name == "stop":
                 self.stop_written.set()
 
-        def start_settling(self) -> None:
-            """Settle every ``SETTLE_PERIOD`` seconds on a thread of the benchmark's own."""
+        def listen(self, publisher) -> None:
+            """Hear what the service's ``publisher`` publishes, and settle every
+            ``SETTLE_PERIOD`` seconds on a thread of the benchmark's own."""
+            publisher.on_published = self.published
+
             def loop():
                 while not self._stop_settling.wait(self.SETTLE_PERIOD):
                     self.settle()
@@ -266,7 +271,7 @@ def _instrumented_latest_class():
                 np.array([k for k, _ in rows], np.int64),
                 np.array([len(t) for _, t in rows], np.int64))])
             r_ts = np.concatenate([self._rows[1],
-                                   np.fromiter((t for _, ts in rows for t in ts), float)]) - t0
+                                   np.fromiter((t for _, ts in rows for t in ts), float) - t0])
             p_obj = np.concatenate([self._pubs[0]] + [np.array(o, np.int64) for _, o, _ in pubs])
             p_at = np.concatenate([self._pubs[1]] + [np.full(len(o), a) for a, o, _ in pubs])
             p_new = np.concatenate([self._pubs[2]] + [np.array(n) - t0 for _, _, n in pubs])
@@ -278,7 +283,7 @@ def _instrumented_latest_class():
             found = first < len(p_obj)
             found[found] = p_obj[first[found]] == r_obj[found]
             self._count(self.fresh, self.fresh_warm, p_at[first[found]], r_ts[found] + t0)
-            self._rows = (r_obj[~found], r_ts[~found] + t0)
+            self._rows = (r_obj[~found], r_ts[~found])
             # a later row is newer than every row so far: keep the publications that may serve it
             np.maximum.at(self._newest_row, r_obj, r_ts)
             keep = served_upto - p_obj * stride >= self._newest_row[p_obj]
@@ -347,8 +352,7 @@ class WardenRun:
     def start(self, plan: bool = True) -> None:
         t0 = time.perf_counter()
         self.url = self.service.start()
-        self.service.publisher.on_published = self.latest.published
-        self.latest.start_settling()
+        self.latest.listen(self.service.publisher)
         if plan:
             self.start_plan()
         self.start_s = time.perf_counter() - t0

@@ -155,8 +155,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     latest = instrument_latest(service, m)
     t_connect = time.perf_counter()
     service.start()
-    service.publisher.on_published = latest.published
-    latest.start_settling()
+    latest.listen(service.publisher)
     plan = threading.Thread(target=service.run, name="warden-plan", daemon=True)
     plan.start()
     deadline = time.monotonic() + 60 + n / 10
