@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -25,7 +26,7 @@ from tiled.server.logging_config import LOGGING_CONFIG
 from tiled.server.settings import get_settings
 
 from .compact import PARQUET
-from .latest import LatestFastPath, LatestStore, latest_route, latest_tree, read_only_routes
+from .latest import Latest, LatestFastPath, latest_route, latest_tree, read_only_routes
 from .parquet import ParquetTable
 
 log = logging.getLogger(__name__)
@@ -158,11 +159,13 @@ def postgres_data_dir(archive_uri: str) -> Path:
 
 
 def warden_app(
-    catalog, store: LatestStore, timezone: str, api_key: str, public: bool = False, routers=()
+    catalog, store: Latest, timezone: str, api_key: str, public: bool = False, routers=()
 ):
     """A Tiled app serving ``/archive`` and ``/latest``; reads need the key unless ``public``.
 
-    ``routers`` are extra FastAPI routers mounted on the same app.
+    ``store`` is the service's :class:`~catalog.latest.LatestStore` or, in the server's
+    process, its :class:`~catalog.latest.SharedLatest`. ``routers`` are extra FastAPI routers
+    mounted on the same app.
     ``GET /api/v1/metadata/latest/<object>`` is answered by :func:`catalog.latest.latest_route`
     (same body and auth as Tiled's route, a fraction of the time), placed ahead of Tiled's
     routes and, for the requests that need none of Tiled's middleware, ahead of that too
@@ -238,6 +241,19 @@ class RedactKeys(logging.Filter):
 class _ThreadedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the service owns the signals
         pass
+
+
+class Server(Protocol):
+    """A running server of the warden's app: :class:`TiledServer` (a thread) or the service's
+    server process (``warden.server_process.ServerProcess``)."""
+
+    url: str
+
+    def start(self) -> str:
+        """Start serving; return the base URL once it answers."""
+
+    def stop(self) -> None:
+        """Stop serving."""
 
 
 class TiledServer:

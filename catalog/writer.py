@@ -9,7 +9,8 @@ data key as an extendable array node (SQLite tables cannot hold list columns). U
 queryable at once.
 
 :class:`SpooledWriter` puts any sink behind the on-disk spool (:mod:`catalog.spool`) and one
-thread, so the RunEngine never waits on the archive and nothing is lost while it is away.
+thread, so the RunEngine never waits on the archive and nothing is lost while it is away;
+:class:`ArchiveWriter` is what the service needs of it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -231,6 +232,30 @@ def _ignore(doc: dict) -> None:
     return None
 
 
+class ArchiveWriter(Protocol):
+    """What the service needs of its archive writer: :class:`SpooledWriter`, or the writer
+    process that runs one (``warden.writer_process.WriterProcess``)."""
+
+    written: int  # rows of event pages written
+    errors: int  # documents the archive refused
+    outages: int  # times the archive became unreachable
+    unavailable_since: float | None
+    last_error: str
+
+    def __call__(self, name: str, doc: dict) -> None:
+        """Spool a document."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every document spooled so far is in the archive."""
+
+    @property
+    def backlog(self) -> int:
+        """Bytes in the spool not yet in the archive."""
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is spooled (up to ``timeout`` s while the archive is away), then stop."""
+
+
 class SpooledWriter:
     """A ``(name, doc)`` callback: each document goes to the spool at once, and from the spool
     to ``sink`` on a thread of its own, so the RunEngine never waits on the archive.
@@ -240,22 +265,22 @@ class SpooledWriter:
     documents in the spool and tries again, every ``retry`` seconds at first and then less
     often; documents the archive refuses (4xx, bad data) are counted in ``errors`` and kept
     in ``rejected.jsonl`` beside the spool. Documents left in the spool by an earlier process
-    are written first. ``on_written(name, summary)`` is told of each document written and
-    committed (:func:`written_summary`).
+    are written first. ``on_committed(docs)`` is given each batch once committed: the
+    documents written (event pages merged), those refused left out.
 
     ``spool`` is a directory (this writer owns the spool and appends to it) or a
     :class:`~catalog.spool.SpoolReader` on a spool another process appends to and waits on
     (the writer process of :mod:`warden.writer_process`, which reads :attr:`position` and the
     counters in ``on_progress`` after each change, and ends with :meth:`abandon`). There,
     ``replayed_until`` is where the writer before it had got to: the documents before it are
-    written again (the sink skips what the archive holds) without being counted or reported.
+    written again (the sink skips what the archive holds) without being counted.
     """
 
     def __init__(
         self,
         sink: Callable[[str, dict], None],
         spool: str | Path | SpoolReader,
-        on_written: Callable[[str, dict], None] | None = None,
+        on_committed: Callable[[list[tuple[str, dict]]], None] | None = None,
         retry: float = 0.5,
         name: str = "archive-writer",
         on_progress: Callable[[SpooledWriter], None] | None = None,
@@ -263,7 +288,7 @@ class SpooledWriter:
     ):
         self.sink = sink
         self.spool = spool if isinstance(spool, SpoolReader) else Spool(spool)
-        self.on_written = on_written
+        self.on_committed = on_committed
         self.on_progress = on_progress
         self.retry = retry
         self.errors = 0  # documents the archive refused
@@ -327,8 +352,8 @@ class SpooledWriter:
 
     def _write_batch(self, docs: list[tuple[str, dict]], report: bool = True) -> bool:
         """Write ``docs`` (merged); on an outage, wait and write them again (the sink skips
-        what already landed). Count them and tell ``on_written`` if ``report``. False if
-        told to give up."""
+        what already landed). Count them if ``report``; give them to ``on_committed``. False
+        if told to give up."""
         delay = self.retry
         while True:
             try:
@@ -358,11 +383,11 @@ class SpooledWriter:
                 log.warning("archive back after %.1f s; spool replayed",
                             time.time() - self.unavailable_since)
                 self.unavailable_since = None
-            for name, doc in written if report else ():
-                if name == "event_page":
-                    self.written += len(doc["seq_num"])
-                if self.on_written is not None:
-                    self.on_written(name, written_summary(name, doc))
+            if report:
+                self.written += sum(len(doc["seq_num"]) for name, doc in written
+                                    if name == "event_page")
+            if self.on_committed is not None:
+                self.on_committed(written)
             return True
 
     def _write(self, name: str, doc: dict) -> bool:
@@ -420,16 +445,6 @@ class SpooledWriter:
         close_sink = getattr(self.sink, "close", None)
         if close_sink is not None:
             close_sink()
-
-
-def written_summary(name: str, doc: dict) -> dict:
-    """What ``on_written`` is told of a document written: an event page's stream
-    (``descriptor``) and each row's newest upstream timestamp (``newest``); of any other
-    document its ``uid`` and ``run_start``. Small, so the writer process sends it cheaply."""
-    if name == "event_page":
-        return {"descriptor": doc["descriptor"],
-                "newest": list(map(max, zip(*doc["timestamps"].values(), strict=True)))}
-    return {k: doc[k] for k in ("uid", "run_start") if k in doc}
 
 
 def _unreachable(exc: BaseException) -> bool:

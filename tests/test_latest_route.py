@@ -1,8 +1,9 @@
 """``GET /api/v1/metadata/latest/<object>`` through our plain route (``catalog.latest``).
 
 The route answers ahead of Tiled (its middleware and its routes); it must answer what Tiled's
-own metadata route answers for the same node. A query parameter it does not know
-(``?via=tiled``, which Tiled ignores) sends a request on to Tiled's route, so every answer is
+own metadata route answers for the same node. The apps serve ``latest`` as the server's
+process does: from the shared file (the publisher's entries, the archive writer's times). A
+query parameter it does not know (``?via=tiled``, which Tiled ignores) sends a request on to Tiled's route, so every answer is
 checked against Tiled's for the very same node and request, and against a static Tiled
 ``MapAdapter`` node holding the same metadata. The apps are built with ``warden_app`` and
 served over real HTTP by ``TiledServer`` on 127.0.0.1.
@@ -23,7 +24,7 @@ from tiled.adapters.mapping import MapAdapter
 from tiled.client import from_uri
 from tiled.server.settings import get_settings
 
-from catalog.latest import LatestPublisher, LatestStore, SharedLatest
+from catalog.latest import ArchivedTimes, LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
 from catalog.server import TiledServer, warden_app
 from plans.buffer import ConnectionLog, ObjectBuffer
@@ -61,7 +62,7 @@ def live_store(attributes: dict[str, list[str]], objects: list[str] | None = Non
 
 def filled_store() -> LatestStore:
     """What the monitoring plan's buffers would hold: a WCM with every kind of value,
-    connected; a ring with one reading, disconnected and archived; an idle object."""
+    connected; a ring with one reading, disconnected; an idle object."""
     data = {
         "wcmBeam": [16.0, 16.4228],
         "bunchIntensity": [BUNCHES * 0.5, BUNCHES],  # numpy arrays, one element NaN
@@ -79,20 +80,35 @@ def filled_store() -> LatestStore:
         for attr, values in data.items():
             buffers[WCM].add(attr, values[i], t)
     buffers[RING].add("energy", 100.0, T0 + 3)
-    store("descriptor", {"uid": "d-ring", "name": RING})
-    store.archived("event_page", {"descriptor": "d-ring", "newest": [T0 + 3]})
     return store
 
 
-def static_copy(store: LatestStore) -> MapAdapter:
+def ring_page(uid: str, name: str, newest: float) -> list[tuple[str, dict]]:
+    """A batch the archive writer committed: a stream's descriptor and an event page."""
+    return [("descriptor", {"uid": uid, "name": name}),
+            ("event_page", {"descriptor": uid, "timestamps": {"v": [newest - 1, newest]}})]
+
+
+def shared(store: LatestStore, path) -> SharedLatest:
+    """``store`` as the server's process reads it: published into ``path``, with what the
+    archive writer recorded of the ring (archived up to its reading)."""
+    publisher = LatestPublisher(store, path)
+    archived = ArchivedTimes(path)
+    archived(ring_page("d-ring", RING, T0 + 3))
+    archived.close()
+    publisher.stop()
+    return SharedLatest(path, store.objects)
+
+
+def static_copy(store: SharedLatest) -> MapAdapter:
     """The same entries as static metadata: served by Tiled at ``/archive/static/<name>``."""
     return MapAdapter({"static": MapAdapter(
         {name: MapAdapter({}, metadata=store.get(name)) for name in store.objects})})
 
 
 @pytest.fixture(scope="module")
-def store():
-    return filled_store()
+def store(tmp_path_factory):
+    return shared(filled_store(), tmp_path_factory.mktemp("latest") / "latest.db")
 
 
 @pytest.fixture(scope="module")
@@ -360,15 +376,17 @@ def test_new_readings_are_served_at_once(http):
         assert list(buffers["obj"].collect_pages())  # the flush still gets every row
 
 
-def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store, tmp_path):
-    """The service's server process reads ``latest`` from the file the publisher writes:
-    every answer, JSON and msgpack, is the one the store itself gives."""
+def test_the_shared_file_answers_as_the_store(http, tmp_path):
+    """The server's process reads ``latest`` from the file the publisher writes: every
+    answer, JSON and msgpack, is the one the store itself gives (before anything is archived)."""
     path = tmp_path / "latest.db"
     stale = LatestPublisher(LatestStore(["gone"]), path)  # a previous run's file
     stale.stop()
+    store = filled_store()
     publisher = LatestPublisher(store, path)
-    shared = SharedLatest(path, store.objects)
-    with TiledServer(warden_app(MapAdapter({}), shared, "UTC", KEY)).running() as shared_url:
+    view = SharedLatest(path, store.objects)
+    with (TiledServer(warden_app(MapAdapter({}), store, "UTC", KEY)).running() as url,
+          TiledServer(warden_app(MapAdapter({}), view, "UTC", KEY)).running() as shared_url):
         for name in (WCM, RING, IDLE):  # ("b/c": no path reaches it)
             for accept in (JSON, MSGPACK):
                 headers = {**HEADERS, "Accept": accept}
@@ -378,9 +396,14 @@ def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store
                 body = got.content.replace(shared_url.encode(), url.encode())  # (links)
                 assert body == want.content, (name, accept)
     with pytest.raises(KeyError):
-        shared.get("gone")
+        view.get("gone")
     publisher.stop()
-    # a new reading reaches the file with the next pass, which writes only what changed
+
+
+def test_the_shared_file_gets_what_changed_and_what_is_archived(tmp_path):
+    """A new reading reaches the file with the next pass, which writes only what changed;
+    the archive writer's record of a committed batch shows as ``archived_time``."""
+    path = tmp_path / "latest.db"
     live, buffers, connections = live_store({"a": ["v"], "b": ["v"]})
     publisher = LatestPublisher(live, path)
     view = SharedLatest(path, live.objects)
@@ -392,10 +415,16 @@ def test_the_server_process_view_of_latest_answers_as_the_store(http, url, store
     assert view.get("a") == live.get("a") and view.get("b") == live.get("b")
     connections.record("b", True)  # a connection change is a change too
     assert publisher.publish() == ["b"] and view.get("b")["connected"] is True
-    live("descriptor", {"uid": "d-a", "name": "a"})  # and the archive writer's report
-    live.archived("event_page", {"descriptor": "d-a", "newest": [T0]})
-    assert publisher.publish() == ["a"] and view.get("a")["archived_time"] == T0
-    assert publisher.publish() == []
+    archived = ArchivedTimes(path)  # (the writer's process, in the service: its own file)
+    archived(ring_page("d-a", "a", T0))
+    assert view.get("a")["archived_time"] == T0 and view.get("b")["archived_time"] is None
+    assert [(name, t) for name, t, _ in view.archived()] == [("a", T0)]
+    archived([("event_page", {"descriptor": "d-a", "timestamps": {"v": [T0 - 5]}})])
+    assert view.get("a")["archived_time"] == T0  # a replayed page does not move it back
+    archived([("event_page", {"descriptor": "d-x", "timestamps": {"v": [T0]}})])  # unknown
+    assert [name for name, _, _ in view.archived()] == ["a"]
+    assert publisher.publish() == []  # (archived times are not the publisher's)
+    archived.close()
     publisher.stop()
 
 

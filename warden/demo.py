@@ -125,8 +125,9 @@ Ctrl-C stops the demo.
 
 
 def _progress(service, every: float = 5.0) -> None:
+    latest = service.served_latest()
     while not service.stop_event.wait(every):
-        entries = [service.latest.get(name) for name in service.latest.objects]
+        entries = [latest.get(name) for name in latest.objects]
         connected = sum(e["connected"] for e in entries)
         lags = [e["time"] - e["archived_time"] for e in entries if e["time"] and e["archived_time"]]
         print(

@@ -1,31 +1,25 @@
 """The warden's Tiled server in a process of its own.
 
-In one process, a request waits for the interpreter lock that the monitoring plan, the
-devices' callbacks and the archive writer hold most of the time: at 1,000 objects and 20,000
-values/s the p99 of ``latest`` went from 6 ms idle to 56 ms (issue 6). So the service runs its
-server in a child process, which
+A request in the service's process would wait for the interpreter lock that the monitoring
+plan and the devices' callbacks hold most of the time, so the server runs in a child
+(started by :mod:`warden.processes`), which only reads:
 
-* opens the same archive (the service's writer still writes through this server's HTTP API
-  for new nodes, and straight into the tables for rows);
-* reads ``latest`` from the file the service publishes it to
-  (:class:`catalog.latest.LatestPublisher` -> :class:`catalog.latest.SharedLatest`);
-* forwards plugin start/stop and the plugin list to the service over a pipe.
+* it opens the same archive and serves it at ``/archive`` (the archive writer creates new
+  nodes through its HTTP API);
+* it serves ``latest`` from the shared file (:class:`catalog.latest.SharedLatest`: the
+  service's entries and the writer's archived times);
+* it forwards plugin start/stop and the plugin list to the service over a pipe.
 
 The child ends when the service says so, or when the service is gone (its end of the pipe
-closes, even on ``kill -9``). Children are forked from a server process that has imported
-Tiled once (``forkserver``), so a second start costs a fraction of a second, not the 3 s of
-imports.
+closes, even on ``kill -9``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import signal
-import sys
 import threading
-import types
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -34,10 +28,11 @@ from typing import Any
 from fastapi import HTTPException
 
 from catalog.backends import open_backend
-from catalog.latest import SharedLatest
+from catalog.latest import Latest, SharedLatest
 from catalog.server import TiledServer, warden_app
 
 from .control import control_router
+from .processes import child_context, start_child
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +43,7 @@ class ServerSpec:
 
     archive: str  # the archive URI, opened again in the child
     data_dir: str | None  # a PostgreSQL archive's array directory
-    latest_file: str | None  # where the service publishes latest (None: served in-process)
+    latest_file: str  # the shared latest file (catalog.latest.shared)
     objects: list[str]
     zone: str
     api_key: str
@@ -60,53 +55,9 @@ class ServerSpec:
     discovered: list[str] = field(default_factory=list)  # plugins found, configured or not
 
 
-@contextlib.contextmanager
-def caller_script_hidden():
-    """Start a child without the caller's ``__main__``: multiprocessing would run the script
-    that started the service again in the child (and start a service there too, unless the
-    script guards itself with ``if __name__ == "__main__"``). The child needs nothing of it."""
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-
-
-def child_context():
-    """The service's children (server, writer) fork from one server that imported them."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "warden.writer_process"])
-    return ctx
-
-
-def start_child(target, args: tuple, name: str, answers: Connection,
-                child_ends: tuple[Connection, ...], what: str, timeout: float):
-    """Start ``target(*args)`` in a child (``child_ends``: its ends of the pipes, closed here
-    once it has them); return the process and the first thing it sends on ``answers``. A
-    child that sends ``("error", message)``, ends or stays silent ``timeout`` seconds raises
-    RuntimeError naming ``what``."""
-    process = child_context().Process(target=target, args=args, name=name, daemon=True)
-    with caller_script_hidden():
-        process.start()
-    for end in child_ends:
-        end.close()
-    try:
-        if not answers.poll(timeout):
-            raise RuntimeError(f"it did not start in {timeout:.0f} s")
-        kind, value = answers.recv()
-    except (EOFError, RuntimeError) as err:
-        process.kill()
-        raise RuntimeError(f"{what} failed to start: {str(err) or 'it exited'}") from None
-    if kind == "error":
-        process.join(timeout=10)
-        raise RuntimeError(value)
-    return process, value
-
-
 class ServerProcess:
-    """The child serving ``spec``; ``runner`` answers its plugin requests. Started and stopped
-    as :class:`catalog.server.TiledServer`."""
+    """The child serving ``spec``; ``runner`` answers its plugin requests. A
+    :class:`catalog.server.Server`, as :class:`catalog.server.TiledServer` is."""
 
     def __init__(self, spec: ServerSpec, runner):
         self.spec, self.runner = spec, runner
@@ -192,7 +143,7 @@ class RemoteRunner:
         return self._call("enable", name, enabled)
 
 
-def service_server(tree, latest, runner, spec: ServerSpec) -> TiledServer:
+def service_server(tree, latest: Latest, runner, spec: ServerSpec) -> TiledServer:
     """The service's Tiled server (not started): ``/archive`` from ``tree``, ``/latest`` from
     ``latest``, plugin control through ``runner``; host, port, keys and logs from ``spec``."""
     router = control_router(runner, spec.api_key, spec.public, spec.discovered)

@@ -1,13 +1,17 @@
 """The warden service: devices, the monitoring plan, the archive writer and the Tiled server.
 
-Three processes. The service's: the RunEngine runs the monitoring plan (the caller's thread),
-ophyd/pyepics deliver updates on theirs, every document goes to the spool and
-:class:`~catalog.latest.LatestPublisher` copies ``latest`` to a file ten times a second. The
-server's (:mod:`warden.server_process`): uvicorn serves ``/archive`` and ``/latest`` from it,
-so that no request waits for the service's interpreter lock. The writer's
-(:mod:`warden.writer_process`): it drains the spool into the archive on the other core. An
-in-memory archive (``mongomock://``) cannot be opened by another process: its server and its
-writer run on threads of the service instead.
+Three processes, one way: service -> spool -> writer; the server only reads.
+
+* The service's: the RunEngine runs the monitoring plan (the caller's thread), ophyd/pyepics
+  deliver updates on theirs, every document goes to the spool, and
+  :class:`~catalog.latest.LatestPublisher` copies ``latest`` into the shared file ten times
+  a second.
+* The writer's (:mod:`warden.writer_process`): it drains the spool into the archive on the
+  other core, and records in the shared file what it has archived.
+* The server's (:mod:`warden.server_process`): uvicorn serves ``/archive`` and ``/latest``
+  (from the shared file), so that no request waits for the service's interpreter lock.
+
+So the archive must be one that other processes can open: not ``mongomock://``.
 """
 
 from __future__ import annotations
@@ -18,17 +22,16 @@ import secrets
 import shutil
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 from bluesky import RunEngine
 
 from catalog.ascii import AsciiDayWriter
 from catalog.backends import Backend, open_backend, scheme_of
-from catalog.latest import LatestPublisher, LatestStore
+from catalog.latest import LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
-from catalog.server import TiledServer
-from catalog.writer import SpooledWriter
+from catalog.server import Server
+from catalog.writer import ArchiveWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
@@ -40,7 +43,7 @@ from warden_devices.sim import SimUpstream
 
 from .config import ConfigError, WardenConfig
 from .plugins.runner import PluginRunner, PluginState, discover
-from .server_process import ServerProcess, ServerSpec, service_server
+from .server_process import ServerProcess, ServerSpec
 from .writer_process import WriterProcess, WriterSpec
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,11 @@ class WardenService:
         Override ``serve.port`` (0 picks a free port).
     backend
         An archive already open (tests share one); default: open ``config.archive``.
+
+    Raises
+    ------
+    ConfigError
+        For an archive only this process could open (``mongomock://``).
     """
 
     def __init__(
@@ -83,6 +91,11 @@ class WardenService:
         port: int | None = None,
         backend: Backend | None = None,
     ):
+        archive = backend.uri if backend is not None else config.archive
+        if scheme_of(archive) == "mongomock":
+            raise ConfigError("archive: mongomock:// is in memory, one per process, and the "
+                              "service writes and serves its archive from processes of their "
+                              "own: use sqlite://, postgresql:// or mongodb://")
         self.config = config
         self.backend = backend  # opened from config.archive at start() unless given
         self._own_backend = backend is None
@@ -119,10 +132,11 @@ class WardenService:
         self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
         self.latest = LatestStore([d.name for d in self.devices])
         self.latest.follow(self.buffers, self.connections)
-        self.server: TiledServer | ServerProcess | None = None
+        self.callbacks: list = []  # more document callbacks for run()'s RunEngine
+        self.server: Server | None = None
         self.publisher: LatestPublisher | None = None
         self._latest_dir: str | None = None
-        self.writer: SpooledWriter | WriterProcess | None = None
+        self.writer: ArchiveWriter | None = None
         self.reconnect: ReconnectWatch | None = None
         self.engine: RunEngine | None = None  # the RunEngine of run()
         # closed runs move into Parquet; their rows outlive the switch this long (None: off)
@@ -152,12 +166,14 @@ class WardenService:
         return self.url
 
     def _start_server(self) -> str:
-        """The server in a process of its own, or on a thread for an in-memory archive."""
+        """Publish ``latest`` to the shared file and start the server's process on it."""
+        self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
+        self.publisher = LatestPublisher(self.latest, self.latest_file).start()
         log_dir = self.backend.data_dir  # server.log and access.log beside the archive
-        spec = ServerSpec(
+        self.server = ServerProcess(ServerSpec(
             archive=self.backend.uri,
             data_dir=str(self.backend.data_dir) if self.backend.data_dir else None,
-            latest_file=None,
+            latest_file=str(self.latest_file),
             objects=self.latest.objects,
             zone=self.config.zone.key,
             api_key=self.api_key,
@@ -167,26 +183,26 @@ class WardenService:
             log_dir=str(log_dir) if log_dir else None,
             plugins=list(self.runner.states),
             discovered=list(self.discovered),
-        )
-        if scheme_of(self.backend.uri) == "mongomock":
-            self.server = service_server(self.backend.tree, self.latest, self.runner, spec)
-            return self.server.start()
-        self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
-        latest_file = Path(self._latest_dir) / "latest.db"
-        self.publisher = LatestPublisher(self.latest, latest_file).start()
-        self.server = ServerProcess(replace(spec, latest_file=str(latest_file)), self.runner)
+        ), self.runner)
         return self.server.start()
 
-    def _start_writer(self) -> SpooledWriter | WriterProcess:
-        """The archive writer in a process of its own, or on a thread for an in-memory
-        archive."""
-        if scheme_of(self.backend.uri) == "mongomock":
-            return SpooledWriter(self.backend.sink(self.url, self.api_key), self.spool_dir,
-                                 on_written=self.latest.archived)
+    def _start_writer(self) -> WriterProcess:
+        """The archive writer's process, on the spool and the shared file."""
         data_dir = str(self.backend.data_dir) if self.backend.data_dir else None
-        spec = WriterSpec(self.backend.uri, data_dir, self.url, self.api_key,
-                          str(self.spool_dir), self.compact_grace)
-        return WriterProcess(spec, on_written=self.latest.archived)
+        return WriterProcess(WriterSpec(
+            self.backend.uri, data_dir, self.url, self.api_key, str(self.spool_dir),
+            latest_file=str(self.latest_file), compact_grace=self.compact_grace))
+
+    @property
+    def latest_file(self) -> Path:
+        """The shared ``latest`` file (while the service is started)."""
+        if self._latest_dir is None:
+            raise RuntimeError("the service is not started")
+        return Path(self._latest_dir) / "latest.db"
+
+    def served_latest(self) -> SharedLatest:
+        """``latest`` as the server answers it (with ``archived_time``)."""
+        return SharedLatest(self.latest_file, self.latest.objects)
 
     def _stop_server(self) -> None:
         if self.server is not None:
@@ -212,10 +228,11 @@ class WardenService:
             self.sim.start()
         self.runner.start()
         RE = self.engine = RunEngine({}, context_managers=[])
-        RE.subscribe(self.latest)
         RE.subscribe(self.writer)
         if self.ascii is not None:  # in emission order, so `export-ascii` matches the file
             RE.subscribe(self.ascii)
+        for callback in self.callbacks:
+            RE.subscribe(callback)
         with light_page_validation(), cached_protocol_checks():
             RE(self.plan())
 
@@ -257,7 +274,7 @@ class WardenService:
             ex.target.destroy()
 
     def latest_entry(self, name: str) -> dict:
-        """The latest entry of an object (what plugins read)."""
+        """The latest entry of an object, as the store holds it (what plugins read)."""
         return self.latest.get(name)
 
     def _plugin_states(self, config: WardenConfig) -> list[PluginState]:

@@ -1,15 +1,15 @@
 """The archive writer in a process of its own.
 
-In the service's process the writer shares one interpreter lock with the monitoring plan and
-the devices' callbacks: at 1,000 objects and 20,000 values/s the process was bound by it, and
-the writer, which gets its share last, stayed 16-33 s behind (issue 4). So the service runs
-the writer in a child on the other core. The spool is the boundary between them:
+In the service's process the writer would share one interpreter lock with the monitoring
+plan and the devices' callbacks, and get its share last; so it runs in a child (started by
+:mod:`warden.processes`) on the other core. The spool is the boundary between them:
 
-* the service appends every document to the spool (:class:`catalog.spool.Spool`, as before);
+* the service appends every document to the spool (:class:`catalog.spool.Spool`);
 * the child reads the spool's files (:class:`catalog.spool.SpoolReader`), writes the archive
   through :class:`catalog.writer.SpooledWriter` and deletes what is written;
-* after each batch the child reports its position and counters, and what it wrote
-  (:func:`catalog.writer.written_summary`: for ``latest``'s ``archived_time``).
+* after each committed batch the child records each object's newest archived timestamp in
+  the shared ``latest`` file (:class:`catalog.latest.ArchivedTimes`), and reports its
+  position and counters to the service.
 
 The child ends when the service says so or is gone (its end of the pipe closes, even on
 ``kill -9``). If the child is killed or crashes, the service starts another, which goes on
@@ -27,7 +27,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,10 +34,11 @@ from typing import Any
 
 from catalog.backends import open_backend
 from catalog.compact import Compactor, CompactorThread
+from catalog.latest import ArchivedTimes
 from catalog.spool import Position, Spool, SpoolReader
 from catalog.writer import SpooledWriter
 
-from .server_process import child_context, start_child
+from .processes import child_context, start_child
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,19 @@ class WriterSpec:
     url: str  # the service's Tiled server (new runs, streams and arrays go through it)
     api_key: str
     spool: str
+    latest_file: str | None = None  # the shared latest file: archived times go there
     compact_grace: float | None = 60.0  # closed runs: seconds between their switch to
     # Parquet and deleting their rows (catalog.compact); None: no compaction
 
 
 class WriterProcess:
-    """The archive writer as the service sees it: the calls and counters of
-    :class:`catalog.writer.SpooledWriter`, with the writing done in a child process."""
+    """The archive writer as the service sees it: a :class:`catalog.writer.ArchiveWriter`
+    with the calls and counters of :class:`catalog.writer.SpooledWriter`, the writing done in
+    a child process."""
 
-    def __init__(self, spec: WriterSpec, on_written: Callable[[str, dict], None] | None = None,
-                 start_timeout: float = 120.0):
+    def __init__(self, spec: WriterSpec, start_timeout: float = 120.0):
         self.spec = spec
         self.spool = Spool(spec.spool)  # the service appends; the child reads
-        self.on_written = on_written
         self.errors = 0  # documents the archive refused
         self.written = 0  # rows of event pages written
         self.outages = 0  # times the archive became unreachable
@@ -114,21 +114,11 @@ class WriterProcess:
                     break
                 delay = 1.0 if time.monotonic() - self._started > 60 else min(delay * 2, 60.0)
                 continue
-            for name, doc in report.pop("documents"):
-                self._written(name, doc)
             with self._done:
                 self._update(report)
                 self._done.notify_all()
         with self._done:
             self._done.notify_all()
-
-    def _written(self, name: str, doc: dict) -> None:
-        if self.on_written is None:
-            return
-        try:
-            self.on_written(name, doc)
-        except Exception:  # noqa: BLE001 - the reports must go on (join waits for them)
-            log.exception("on_written failed for a %s document", name)
 
     def _update(self, report: dict[str, Any]) -> None:
         self._position = report["position"]
@@ -218,32 +208,40 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
                                f"{err}"))
         return
     reports.send(("ready", None))
-    documents: list[tuple[str, dict]] = []
+    archived = ArchivedTimes(Path(spec.latest_file)) if spec.latest_file else None
+    closed_run = False  # a stop document was written since the last report
     compactor = (None if spec.compact_grace is None
                  else Compactor.for_uri(spec.archive, grace=spec.compact_grace))
     compacting = CompactorThread(compactor) if compactor else None
 
-    def on_written(name: str, summary: dict) -> None:
-        documents.append((name, summary))
+    def on_committed(docs: list[tuple[str, dict]]) -> None:
+        nonlocal closed_run
+        closed_run = closed_run or any(name == "stop" for name, _ in docs)
+        if archived is not None:
+            try:
+                archived(docs)
+            except Exception:  # noqa: BLE001 - latest's archived_time waits; the archive not
+                log.exception("could not record the archived times in %s", archived.path)
 
     def on_progress(writer: SpooledWriter) -> None:
+        nonlocal closed_run
         reports.send({
             "position": writer.position, "written": writer.written, "errors": writer.errors,
             "outages": writer.outages, "unavailable_since": writer.unavailable_since,
-            "last_error": writer.last_error, "documents": documents[:],
+            "last_error": writer.last_error,
             "failed": not writer.is_alive() and not stopping,
         })
         # Compact once what a child before this one had written is written again, then
         # whenever a run closes: the service knows it is written, so no later child writes
         # into it again, and its tables can move into Parquet.
         if compacting and (replayed_until is None or writer.position >= replayed_until):
-            if not compacting.started or any(name == "stop" for name, _ in documents):
+            if not compacting.started or closed_run:
                 compacting.wake()
-        documents.clear()
+        closed_run = False
 
     stopping = False
-    writer = SpooledWriter(sink, SpoolReader(spec.spool), on_written, on_progress=on_progress,
-                           replayed_until=replayed_until)
+    writer = SpooledWriter(sink, SpoolReader(spec.spool), on_committed,
+                           on_progress=on_progress, replayed_until=replayed_until)
     try:
         while writer.is_alive() and not commands.poll(0.5):
             pass  # "stop", or the service gone (EOF: poll returns True)
@@ -253,5 +251,7 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
         if compacting:
             compacting.close()
         backend.close()
+        if archived is not None:
+            archived.close()
         with contextlib.suppress(OSError):  # the last counters (and error), if anyone listens
             on_progress(writer)
