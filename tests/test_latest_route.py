@@ -1,12 +1,12 @@
 """``GET /api/v1/metadata/latest/<object>`` through our plain route (``catalog.latest``).
 
 The route answers ahead of Tiled (its middleware and its routes); it must answer what Tiled's
-own metadata route answers for the same node. The apps serve ``latest`` as the server's
-process does: from the shared file (the publisher's entries, the archive writer's times). A
-query parameter it does not know (``?via=tiled``, which Tiled ignores) sends a request on to Tiled's route, so every answer is
+own metadata route answers for the same node. A query parameter it does not know
+(``?via=tiled``, which Tiled ignores) sends a request on to Tiled's route, so every answer is
 checked against Tiled's for the very same node and request, and against a static Tiled
-``MapAdapter`` node holding the same metadata. The apps are built with ``warden_app`` and
-served over real HTTP by ``TiledServer`` on 127.0.0.1.
+``MapAdapter`` node holding the same metadata. The apps are built with ``warden_app``, serve
+``latest`` as the server's process does (from the shared file: the publisher's entries, the
+archive writer's times) and are served over real HTTP by ``TiledServer`` on 127.0.0.1.
 """
 
 from __future__ import annotations
