@@ -2,10 +2,10 @@
 
 * **warden**: the real :class:`~warden.service.WardenService` (monitoring plan, buffers,
   queued writer, Tiled server on SQLite) with ``generic`` sim objects, driven by our own thread
-  calling ``sim_put`` instead of its :class:`SimUpstream`. Its ``latest`` store is replaced by an
-  instrumented subclass that times every update when the publisher has made it visible to the
-  server process (freshness: update -> served ``latest``) and every page the writer reports
-  written (persistence lag: update -> archive).
+  calling ``sim_put`` instead of its :class:`SimUpstream`. A :class:`LatencyProbe` times every
+  update until the publisher has made it visible to the server process (freshness: update ->
+  served ``latest``) and until the writer process has recorded it archived (persistence lag:
+  update -> archive).
 * **naive**: what a user writes first: ``bps.monitor`` of every signal in one run, into
   ``TiledWriter(client, batch_size=1)`` against a Tiled server on SQLite.
 * **ceiling**: the same devices and driver, subscriptions that only count.
@@ -135,181 +135,207 @@ class Driver(threading.Thread):
 
 
 # -- the warden ------------------------------------------------------------------------------
-def _instrumented_latest_class():
-    from catalog.latest import LatestStore
+class _Matcher:
+    """Matches rows to the first record of their object at least as new: each row's
+    ``(object, upstream time)`` against records ``(object, wall time, newest upstream time)``
+    (a publication of ``latest``, or the writer's archived time), in bulk. Rows with no such
+    record yet wait for the next call; records that may serve a later row are kept."""
 
-    class InstrumentedLatest(LatestStore):
-        """The service's LatestStore, timing what reaches ``latest`` and the archive.
+    STRIDE = 1e6  # s: object k's times are keyed k * STRIDE + (t - t0), one sorted axis
 
-        Every row's update time comes from the pages the RunEngine emits; ``latest`` serves
-        a row once the publisher has copied a value of the object at least as new (its last
-        attribute's), which is usually before the page is emitted (``latest`` reads the
-        buffers). The hooks, which run on the service's threads (the RunEngine's, the
-        publisher's, the writer's reports), only append timestamps; a thread of the
-        benchmark's own matches them in bulk every ``SETTLE_PERIOD`` seconds (:meth:`settle`).
-        (Matching on the publisher's thread held up the very publications it timed: at
-        N = 10,000 a pass over every object took seconds.)
-        """
+    def __init__(self, n: int, t0: float):
+        self._t0 = t0  # times are kept as t - t0 (see STRIDE)
+        self._rows = (np.empty(0, np.int64), np.empty(0))
+        self._recs = (np.empty(0, np.int64), np.empty(0), np.empty(0))
+        self._newest_row = np.full(n, -math.inf)
 
-        SETTLE_PERIOD = 1.0  # s
-        STRIDE = 1e6  # s: object k's times are keyed k * STRIDE + (t - t0), one sorted axis
+    def match(self, r_obj: np.ndarray, r_ts: np.ndarray, p_obj: np.ndarray, p_at: np.ndarray,
+              p_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add rows and records; return (record's wall time, row's upstream time) of every
+        row matched, in no order."""
+        t0, stride = self._t0, self.STRIDE
+        r_obj = np.concatenate([self._rows[0], r_obj])
+        r_ts = np.concatenate([self._rows[1], r_ts - t0])
+        p_obj = np.concatenate([self._recs[0], p_obj])
+        p_at = np.concatenate([self._recs[1], p_at])
+        p_new = np.concatenate([self._recs[2], p_new - t0])
+        order = np.lexsort((p_at, p_obj))  # by object, then in the order recorded
+        p_obj, p_at, p_new = p_obj[order], p_at[order], p_new[order]
+        # newest value recorded so far, per object: one ascending axis over all objects
+        served_upto = np.maximum.accumulate(p_obj * stride + p_new)
+        first = np.searchsorted(served_upto, r_obj * stride + r_ts, side="left")
+        found = first < len(p_obj)
+        found[found] = p_obj[first[found]] == r_obj[found]
+        matched = p_at[first[found]], r_ts[found] + t0
+        self._rows = (r_obj[~found], r_ts[~found])
+        # a later row is newer than every row so far: keep the records that may serve it
+        np.maximum.at(self._newest_row, r_obj, r_ts)
+        keep = served_upto - p_obj * stride >= self._newest_row[p_obj]
+        self._recs = (p_obj[keep], p_at[keep], p_new[keep])
+        return matched
 
-        def __init__(self, objects: list[str], m: int):
-            super().__init__(objects)
-            self.m = m
-            self.key = f"a{m - 1}"  # the last attribute put: its row is complete
-            self.since = math.inf  # count only rows stamped at or after the driver's start
-            self.warm_until = math.inf  # rows stamped before this are warm-up
-            self.fresh = LatencyHistogram()
-            self.fresh_warm = LatencyHistogram()
-            self.persist = LatencyHistogram()
-            self.persist_warm = LatencyHistogram()
-            self.values_seen = 0
-            self.values_written = 0
-            self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
-            self.stop_written = threading.Event()
-            self.pages_written = 0
-            self._index = {name: k for k, name in enumerate(self._objects)}
-            self._t0 = time.time() - 1e4  # settle() keeps times as t - _t0 (see STRIDE)
-            # what the hooks append (under _lock), taken in bulk by settle():
-            self._new_rows: list[tuple[int, list[float]]] = []  # (object, update times)
-            self._new_pubs: list[tuple[float, list[int], list[float]]] = []  # (at, objects,
-            # each object's newest upstream time); what the writer wrote: (at, update times)
-            self._written: list[tuple[float, list[float]]] = []
-            self._lock = threading.Lock()
-            # settle()'s own: rows not served yet (object, time - _t0) and the publications
-            # that may serve a later row (object, at, newest - _t0)
-            self._rows = (np.empty(0, np.int64), np.empty(0))
-            self._pubs = (np.empty(0, np.int64), np.empty(0), np.empty(0))
-            self._newest_row = np.full(len(self._objects), -math.inf)
-            self._settling = threading.Lock()
-            self._stop_settling = threading.Event()
-            self._settler: threading.Thread | None = None
 
-        def _stamps(self, doc: dict) -> list[float] | None:
-            """The rows' upstream times of a page (or of what the writer says it wrote)."""
-            stream = self._streams.get(doc.get("descriptor", ""))
-            if stream is None or stream not in self._objects:
-                return None
-            return doc["newest"] if "newest" in doc else doc["timestamps"].get(self.key)
+class LatencyProbe:
+    """Times every update of the service's objects to ``latest`` and to the archive.
 
-        def __call__(self, name: str, doc: dict) -> None:
-            super().__call__(name, doc)
-            if name == "event_page":
-                ts = self._stamps(doc)
-                if ts:
-                    k = self._index[self._streams[doc["descriptor"]]]
-                    with self._lock:
-                        self._new_rows.append((k, ts))
-                    self.values_seen += self.m * len(ts)
+    Every row's update time comes from the pages the RunEngine emits (the probe is one of
+    the service's document ``callbacks``). A row is fresh once the publisher has copied a
+    value of the object at least as new (its last attribute's), which is usually before the
+    page is emitted (``latest`` reads the buffers); it is archived once the writer process
+    has recorded, in the shared ``latest`` file, an archived time at least as new: the time
+    it recorded it is the row's persistence time (read every ``POLL`` seconds; two records
+    of an object within one read count as the later, at most ``POLL`` late). The hooks,
+    which run on the service's threads, only append; a thread of the benchmark's own
+    matches them in bulk every ``SETTLE_PERIOD`` seconds (:meth:`settle`).
+    """
 
-        def published(self, entries: dict[str, dict], now: float) -> None:
-            """The publisher's hook: these entries are served from ``now`` on."""
-            objects, newest = [], []
-            for obj, entry in entries.items():
-                value = entry["attributes"].get(self.key)
-                if value is not None:
-                    objects.append(self._index[obj])
-                    newest.append(value["timestamp"])
+    SETTLE_PERIOD = 1.0  # s
+    POLL = 0.05  # s: how often the writer's archived times are read
+
+    def __init__(self, objects: list[str], m: int):
+        self.m = m
+        self.key = f"a{m - 1}"  # the last attribute put: its row is complete
+        self.since = math.inf  # count only rows stamped at or after the driver's start
+        self.warm_until = math.inf  # rows stamped before this are warm-up
+        self.fresh = LatencyHistogram()
+        self.fresh_warm = LatencyHistogram()
+        self.persist = LatencyHistogram()
+        self.persist_warm = LatencyHistogram()
+        self.values_seen = 0
+        self.values_written = 0
+        self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
+        self._index = {name: k for k, name in enumerate(objects)}
+        self._streams: dict[str, int] = {}  # descriptor uid -> object index
+        t0 = time.time() - 1e4
+        self._fresh = _Matcher(len(objects), t0)
+        self._archived = _Matcher(len(objects), t0)
+        # what the hooks append (under _lock), taken in bulk by settle():
+        self._new_rows: list[tuple[int, list[float]]] = []  # (object, update times)
+        self._new_pubs: list[tuple[float, list[int], list[float]]] = []  # (at, objects,
+        # each object's newest upstream time); the writer's records: (objects, at, newest)
+        self._new_archived: list[tuple[list[int], list[float], list[float]]] = []
+        self._lock = threading.Lock()
+        self._settling = threading.Lock()
+        self._shared = None  # the service's shared latest file (its archived times)
+        self._read_upto = 0.0
+        self._stop_settling = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        """Document callback: the rows of every page the plan emits."""
+        if name == "descriptor" and doc["name"] in self._index:
+            self._streams[doc["uid"]] = self._index[doc["name"]]
+        elif name == "event_page":
+            k = self._streams.get(doc["descriptor"])
+            ts = doc["timestamps"].get(self.key) if k is not None else None
+            if ts:
+                with self._lock:
+                    self._new_rows.append((k, ts))
+                self.values_seen += self.m * len(ts)
+
+    def published(self, entries: dict[str, dict], now: float) -> None:
+        """The publisher's hook: these entries are served from ``now`` on."""
+        objects, newest = [], []
+        for obj, entry in entries.items():
+            value = entry["attributes"].get(self.key)
+            if value is not None:
+                objects.append(self._index[obj])
+                newest.append(value["timestamp"])
+        with self._lock:
+            self._new_pubs.append((now, objects, newest))
+
+    def read_archived(self) -> None:
+        """Take the archived times the writer recorded since the last read."""
+        if self._shared is None:
+            return
+        records = self._shared.archived(self._read_upto)
+        if records:
+            self._read_upto = max(at for _, _, at in records)
+            known = [(self._index[o], t, at) for o, t, at in records if o in self._index]
             with self._lock:
-                self._new_pubs.append((now, objects, newest))
+                self._new_archived.append(([k for k, _, _ in known], [at for _, _, at in known],
+                                           [t for _, t, _ in known]))
 
-        def archived(self, name: str, doc: dict) -> None:
-            super().archived(name, doc)
-            if name == "event_page":
-                self.pages_written += 1
-                ts = self._stamps(doc)
-                if ts:
-                    with self._lock:
-                        self._written.append((time.time(), ts))
-            elif name == "stop":
-                self.stop_written.set()
+    def listen(self, service) -> None:
+        """Hear what ``service``'s publisher publishes and its writer archives, and settle
+        every ``SETTLE_PERIOD`` seconds, on threads of the benchmark's own."""
+        service.publisher.on_published = self.published
+        self._shared = service.served_latest()
 
-        def listen(self, publisher) -> None:
-            """Hear what the service's ``publisher`` publishes, and settle every
-            ``SETTLE_PERIOD`` seconds on a thread of the benchmark's own."""
-            publisher.on_published = self.published
+        def settling():
+            while not self._stop_settling.wait(self.SETTLE_PERIOD):
+                self.settle()
 
-            def loop():
-                while not self._stop_settling.wait(self.SETTLE_PERIOD):
-                    self.settle()
+        def reading():
+            while not self._stop_settling.wait(self.POLL):
+                self.read_archived()
 
-            self._settler = threading.Thread(target=loop, name="bench-settle", daemon=True)
-            self._settler.start()
+        self._threads = [threading.Thread(target=settling, name="bench-settle", daemon=True),
+                         threading.Thread(target=reading, name="bench-archived", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
-        def settle(self) -> None:
-            """Count what the hooks kept (call before reading the figures)."""
-            with self._lock:
-                rows, self._new_rows = self._new_rows, []
-                pubs, self._new_pubs = self._new_pubs, []
-                written, self._written = self._written, []
-            with self._settling:
-                self._settle_fresh(rows, pubs)
-                self._settle_written(written)
+    def settle(self) -> None:
+        """Count what the hooks kept (call before reading the figures)."""
+        with self._lock:
+            rows, self._new_rows = self._new_rows, []
+            pubs, self._new_pubs = self._new_pubs, []
+            archived, self._new_archived = self._new_archived, []
+        r_obj = np.repeat(np.array([k for k, _ in rows], np.int64),
+                          np.array([len(t) for _, t in rows], np.int64))
+        r_ts = np.fromiter((t for _, ts in rows for t in ts), float, len(r_obj))
+        with self._settling:
+            when, ts = self._fresh.match(
+                r_obj, r_ts,
+                np.concatenate([np.empty(0, np.int64)] + [np.array(o, np.int64)
+                                                          for _, o, _ in pubs]),
+                np.concatenate([np.empty(0)] + [np.full(len(o), a) for a, o, _ in pubs]),
+                np.concatenate([np.empty(0)] + [np.array(n, float) for _, _, n in pubs]))
+            self._count(self.fresh, self.fresh_warm, when, ts)
+            when, ts = self._archived.match(
+                r_obj, r_ts,
+                np.concatenate([np.empty(0, np.int64)] + [np.array(o, np.int64)
+                                                          for o, _, _ in archived]),
+                np.concatenate([np.empty(0)] + [np.array(a, float) for _, a, _ in archived]),
+                np.concatenate([np.empty(0)] + [np.array(n, float) for _, _, n in archived]))
+            self._settle_written(when, ts)
 
-        def stop_settling(self) -> None:
-            """Stop the settling thread, then settle what is left."""
-            self._stop_settling.set()
-            if self._settler is not None:
-                self._settler.join()
-            self.settle()
+    def stop_settling(self) -> None:
+        """Stop the probe's threads, then read and settle what is left."""
+        self._stop_settling.set()
+        for thread in self._threads:
+            thread.join()
+        self.read_archived()
+        self.settle()
 
-        def _count(self, hist: LatencyHistogram, warm_hist: LatencyHistogram,
-                   when: np.ndarray, ts: np.ndarray) -> None:
-            """Add the latencies of the values stamped since ``since``, warm-up apart."""
-            keep = ts >= self.since
-            when, ts = when[keep], ts[keep]
-            warm = ts < self.warm_until
-            warm_hist.add(when[warm] - ts[warm], self.m)
-            hist.add(when[~warm] - ts[~warm], self.m)
+    def _count(self, hist: LatencyHistogram, warm_hist: LatencyHistogram,
+               when: np.ndarray, ts: np.ndarray) -> None:
+        """Add the latencies of the values stamped since ``since``, warm-up apart."""
+        keep = ts >= self.since
+        when, ts = when[keep], ts[keep]
+        warm = ts < self.warm_until
+        warm_hist.add(when[warm] - ts[warm], self.m)
+        hist.add(when[~warm] - ts[~warm], self.m)
 
-        def _settle_fresh(self, rows: list, pubs: list) -> None:
-            """Each row's freshness: from its update time to the first publication of a value
-            at least as new. Rows not served yet wait for the next settling."""
-            t0, stride = self._t0, self.STRIDE
-            r_obj = np.concatenate([self._rows[0], np.repeat(
-                np.array([k for k, _ in rows], np.int64),
-                np.array([len(t) for _, t in rows], np.int64))])
-            r_ts = np.concatenate([self._rows[1],
-                                   np.fromiter((t for _, ts in rows for t in ts), float) - t0])
-            p_obj = np.concatenate([self._pubs[0]] + [np.array(o, np.int64) for _, o, _ in pubs])
-            p_at = np.concatenate([self._pubs[1]] + [np.full(len(o), a) for a, o, _ in pubs])
-            p_new = np.concatenate([self._pubs[2]] + [np.array(n) - t0 for _, _, n in pubs])
-            order = np.lexsort((p_at, p_obj))  # by object, then in the order published
-            p_obj, p_at, p_new = p_obj[order], p_at[order], p_new[order]
-            # newest value served so far, per object: one ascending axis over all objects
-            served_upto = np.maximum.accumulate(p_obj * stride + p_new)
-            first = np.searchsorted(served_upto, r_obj * stride + r_ts, side="left")
-            found = first < len(p_obj)
-            found[found] = p_obj[first[found]] == r_obj[found]
-            self._count(self.fresh, self.fresh_warm, p_at[first[found]], r_ts[found] + t0)
-            self._rows = (r_obj[~found], r_ts[~found])
-            # a later row is newer than every row so far: keep the publications that may serve it
-            np.maximum.at(self._newest_row, r_obj, r_ts)
-            keep = served_upto - p_obj * stride >= self._newest_row[p_obj]
-            self._pubs = (p_obj[keep], p_at[keep], p_new[keep])
-
-        def _settle_written(self, written: list) -> None:
-            if not written:
-                return
-            when = np.repeat([t for t, _ in written], [len(ts) for _, ts in written])
-            ts = np.fromiter((t for _, stamps in written for t in stamps), float, len(when))
-            self._count(self.persist, self.persist_warm, when, ts)
-            # the timeline: values written by the end of every wall second
-            total = self.values_written + self.m * np.cumsum(ts >= self.since)
-            last = np.flatnonzero(np.diff(np.floor(when), append=math.inf))
-            self.timeline += zip(when[last].tolist(), total[last].tolist(), strict=True)
-            self.values_written = int(total[-1])
-
-    return InstrumentedLatest
+    def _settle_written(self, when: np.ndarray, ts: np.ndarray) -> None:
+        if not len(when):
+            return
+        order = np.argsort(when, kind="stable")
+        when, ts = when[order], ts[order]
+        self._count(self.persist, self.persist_warm, when, ts)
+        # the timeline: values written by the end of every wall second
+        total = self.values_written + self.m * np.cumsum(ts >= self.since)
+        last = np.flatnonzero(np.diff(np.floor(when), append=math.inf))
+        self.timeline += zip(when[last].tolist(), total[last].tolist(), strict=True)
+        self.values_written = int(total[-1])
 
 
-def instrument_latest(service, m: int):
-    """Replace ``service``'s latest store (before it starts) with an instrumented one."""
-    latest = _instrumented_latest_class()(service.latest.objects, m)
-    latest.follow(service.buffers, service.connections)
-    service.latest = latest
-    return latest
+def instrument_latest(service, m: int) -> LatencyProbe:
+    """A probe of ``service``'s latency (before it starts; :meth:`LatencyProbe.listen` once
+    it has)."""
+    probe = LatencyProbe(service.latest.objects, m)
+    service.callbacks.append(probe)
+    return probe
 
 
 def warden_config(workdir: Path, n: int, m: int, flush_interval: float = 0.5):
@@ -330,7 +356,7 @@ def warden_config(workdir: Path, n: int, m: int, flush_interval: float = 0.5):
 
 
 class WardenRun:
-    """The real service with ``n`` generic sim objects, an instrumented ``latest``, our driver."""
+    """The real service with ``n`` generic sim objects, a latency probe, our driver."""
 
     def __init__(self, workdir: Path, n: int, m: int, flush_interval: float = 0.5):
         from warden.service import WardenService
@@ -342,7 +368,7 @@ class WardenRun:
         self.service.sim = None  # our driver replaces the machine model
         self.service.compact_grace = None  # the figures count rows in the tables file;
         # storage compacts the closed run itself, once they are counted
-        self.latest = instrument_latest(self.service, m)  # before start(): the app uses it
+        self.latest = instrument_latest(self.service, m)  # before start(): the plan hears it
         self.build_s = time.perf_counter() - t0
         self.url = ""
         self.plan: threading.Thread | None = None
@@ -352,7 +378,7 @@ class WardenRun:
     def start(self, plan: bool = True) -> None:
         t0 = time.perf_counter()
         self.url = self.service.start()
-        self.latest.listen(self.service.publisher)
+        self.latest.listen(self.service)
         if plan:
             self.start_plan()
         self.start_s = time.perf_counter() - t0
@@ -406,7 +432,7 @@ class WardenRun:
         t0 = time.time()
         self.service.stop()
         self.plan.join(timeout=drain_timeout)
-        drained = self.latest.stop_written.wait(max(0.0, drain_timeout - (time.time() - t0)))
+        drained = self.service.writer.join(max(0.0, drain_timeout - (time.time() - t0)))
         self._sampling.set()
         self.latest.stop_settling()
         return {"drained": drained, "drain_s": round(time.time() - t0, 2),

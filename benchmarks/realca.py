@@ -155,7 +155,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     latest = instrument_latest(service, m)
     t_connect = time.perf_counter()
     service.start()
-    latest.listen(service.publisher)
+    latest.listen(service)
     plan = threading.Thread(target=service.run, name="warden-plan", daemon=True)
     plan.start()
     deadline = time.monotonic() + 60 + n / 10
@@ -175,7 +175,7 @@ def _warden(n: int, m: int, duration: float) -> dict:
     time.sleep(1.0)
     service.stop()
     plan.join(timeout=300)
-    drained = latest.stop_written.wait(300)
+    drained = service.writer.join(300)
     latest.stop_settling()
     counted = count_archived(tmp / "archive.tables.db", attributes(m), t0, t1)
     return {"values_in_window": counted["values"], "rows_in_window": counted["rows"],

@@ -73,9 +73,9 @@ def test_freshness_is_timed_to_the_first_publication_at_least_as_new():
     page is emitted before or after that publication."""
     import random
 
-    from benchmarks.ingest import _instrumented_latest_class
+    from benchmarks.ingest import LatencyProbe
 
-    latest = _instrumented_latest_class()(["a", "b", "c"], m=1)
+    latest = LatencyProbe(["a", "b", "c"], m=1)
     latest.since = latest.warm_until = 0.0  # count every row, none as warm-up
     for obj in "ab":  # "c" is configured but has no stream
         latest("descriptor", {"uid": f"d-{obj}", "name": obj})
