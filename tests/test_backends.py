@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 import os
 import secrets
 import threading
+import types
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -24,10 +26,13 @@ from conftest import sim_config
 from event_model import compose_run
 from tiled.client import from_uri as tiled_from_uri
 
-from catalog.backends import ArchiveUnavailable, drop_mock, open_backend, redact
+from catalog.backends import ArchiveUnavailable, drop_mock, open_backend, redact, scheme_of
 from catalog.migrate import migrate, served
 from catalog.query import Archive, QueryError, UnknownObjectError
+from catalog.server import TiledServer, warden_app
 from plans.clock import Clock
+from warden.cli import main
+from warden.config import ConfigError
 from warden.service import WardenService
 from warden_devices.machine import N_BUCKETS
 
@@ -122,7 +127,15 @@ def archive_uri(request, tmp_path):
 @contextlib.contextmanager
 def run_service(uri: str, data_dir, start: dt.datetime, seconds: float):
     """Run the sim service on archive ``uri`` for ``seconds`` from clock time ``start``;
-    yield (service, its served Archive) while the server still runs."""
+    yield (service, its served Archive) while the server still runs.
+
+    mongomock is in memory, one per process, so no service runs on it: there, the service
+    runs on SQLite and the documents its plan emitted are written into the mongomock archive
+    by the Mongo sink, served by ``warden_app`` on a thread (with the service's ``latest``)."""
+    if scheme_of(uri) == "mongomock":
+        with _run_service_into_mock(uri, data_dir, start, seconds) as ran:
+            yield ran
+        return
     backend = open_backend(uri, data_dir=data_dir)
     clock = Clock(ZONE)
     config = sim_config(data_dir, spool=str(data_dir / "spool"))  # archive: the backend given
@@ -136,6 +149,34 @@ def run_service(uri: str, data_dir, start: dt.datetime, seconds: float):
         service.writer.join()
         assert service.writer.errors == 0
         yield service, service.archive()
+    finally:
+        service.close()
+        backend.close()
+
+
+@contextlib.contextmanager
+def _run_service_into_mock(uri: str, data_dir, start: dt.datetime, seconds: float):
+    source = data_dir / f"source-{secrets.token_hex(4)}"
+    documents: list[tuple[str, dict]] = []
+    clock = Clock(ZONE)
+    config = sim_config(source, spool=str(source / "spool"))
+    service = WardenService(config, clock=clock, port=0)
+    service.sim.update_period = 0.25
+    service.callbacks.append(lambda name, doc: documents.append((name, copy.deepcopy(doc))))
+    backend = open_backend(uri, data_dir=data_dir)
+    key = secrets.token_hex(16)
+    app = warden_app(backend.tree, service.latest, ZONE.key, key)
+    try:
+        service.start()
+        clock.set(start)
+        threading.Timer(seconds, service.stop).start()
+        service.run()
+        with TiledServer(app).running() as url:
+            sink = backend.sink(url, key)
+            for name, doc in documents:
+                sink(name, doc)
+            mock = types.SimpleNamespace(latest=service.latest, url=url, api_key=key)
+            yield mock, Archive.from_uri(url, api_key=key)
     finally:
         service.close()
         backend.close()
@@ -473,6 +514,24 @@ def test_bad_archive_uris_are_clear_errors(tmp_path):
         migrate("mongomock://same/db", "mongomock://same/db")
     with pytest.raises(QueryError, match="malformed date"):
         migrate("mongomock://a/db", "mongomock://b/db", day="6 Nov")
+
+
+def test_the_service_refuses_an_in_memory_archive(tmp_path, capsys):
+    """mongomock:// lives in one process; the service writes and serves from others."""
+    uri = "mongomock://demo/warden"
+    backend = open_backend(uri)
+    try:
+        with pytest.raises(ConfigError, match="archive: mongomock:// is in memory"):
+            WardenService(sim_config(tmp_path), backend=backend)
+    finally:
+        backend.close()
+        drop_mock(uri)
+    config = tmp_path / "warden.yml"
+    config.write_text("archive: mongomock://demo/warden\nobjects:\n"
+                      "  - {name: yi2-wcm3, type: WcmControl, source: sim, mode: monitor}\n")
+    assert main(["run", str(config), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warden run: archive") and "mongomock" in err[0]
 
 
 def test_passwords_never_show():
