@@ -22,6 +22,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -132,7 +133,8 @@ class WardenService:
         self.buffers += [ObjectBuffer(s.device, True, self.connections) for s in self.plugins]
         self.latest = LatestStore([d.name for d in self.devices])
         self.latest.follow(self.buffers, self.connections)
-        self.callbacks: list = []  # more document callbacks for run()'s RunEngine
+        # more (name, doc) callbacks for run()'s RunEngine, after the writer's
+        self.callbacks: list[Callable[[str, dict], None]] = []
         self.server: Server | None = None
         self.publisher: LatestPublisher | None = None
         self._latest_dir: str | None = None
