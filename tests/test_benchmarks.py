@@ -111,3 +111,49 @@ def test_freshness_is_timed_to_the_first_publication_at_least_as_new():
     counts = latest.fresh.counts
     assert len(expected) > 1000 and int(counts.sum()) == len(expected)
     assert np.repeat(np.arange(len(counts)), counts).tolist() == sorted(expected)
+
+
+def test_persistence_is_timed_to_the_first_archived_time_at_least_as_new():
+    """The harness's persistence matcher against the rule applied by hand: a row is archived
+    when the writer first records an archived time of its object at least as new, read from
+    the shared file (here a stand-in holding what the writer recorded)."""
+    import random
+
+    from benchmarks.ingest import LatencyProbe
+
+    class Recorded:  # SharedLatest.archived: the newest record per object, written after
+        def __init__(self):
+            self.rows: dict[str, tuple[float, float]] = {}
+
+        def archived(self, after: float):
+            return [(o, t, at) for o, (t, at) in self.rows.items() if at > after]
+
+    probe = LatencyProbe(["a", "b"], m=1)
+    probe.since = probe.warm_until = 0.0
+    probe._shared = shared = Recorded()
+    for obj in "ab":
+        probe("descriptor", {"uid": f"d-{obj}", "name": obj})
+    rng = random.Random(2)
+    unarchived = {"a": [], "b": []}
+    expected = []
+    for step in range(1500):
+        t = 2e9 + step * 0.01
+        last = step == 1499
+        for obj in "ab":
+            if not last and rng.random() < 0.5:  # a row, emitted in a page at once
+                probe("event_page", {"descriptor": f"d-{obj}", "timestamps": {"a0": [t]}})
+                unarchived[obj].append(t)
+        at = t + 0.0005
+        for obj in "ab":
+            if unarchived[obj] and (last or rng.random() < 0.3):  # a batch committed
+                shared.rows[obj] = (unarchived[obj][-1], at)
+                expected += [round((at - ts) * 1000 - 0.5) for ts in unarchived[obj]]
+                unarchived[obj] = []
+        probe.read_archived()  # (one read per batch: no two records of an object in one)
+        if step % 89 == 0:
+            probe.settle()
+    probe.settle()
+    counts = probe.persist.counts
+    assert len(expected) > 1000 and int(counts.sum()) == len(expected)
+    assert np.repeat(np.arange(len(counts)), counts).tolist() == sorted(expected)
+    assert probe.values_written == len(expected)
