@@ -8,9 +8,8 @@ data key as an extendable array node (SQLite tables cannot hold list columns). U
 ``TiledWriter`` it appends each event page as it arrives, so every flush of the plan is
 queryable at once.
 
-:class:`SpooledWriter` puts any sink behind the on-disk spool (:mod:`catalog.spool`) and one
-thread, so the RunEngine never waits on the archive and nothing is lost while it is away;
-:class:`ArchiveWriter` is what the service needs of it.
+:class:`SpooledWriter` drains the on-disk spool (:mod:`catalog.spool`) into any sink on one
+thread, so nothing is lost while the archive is away (the archive writer process runs it).
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +26,7 @@ from event_model import merge_event_pages
 from tiled.structures.core import Spec
 
 from .direct import DirectTables
-from .spool import READ_BYTES, Position, Spool, SpoolReader, encode
+from .spool import READ_BYTES, Position, SpoolReader, encode
 
 log = logging.getLogger(__name__)
 
@@ -232,54 +230,26 @@ def _ignore(doc: dict) -> None:
     return None
 
 
-class ArchiveWriter(Protocol):
-    """What the service needs of its archive writer: :class:`SpooledWriter`, or the writer
-    process that runs one (``warden.writer_process.WriterProcess``)."""
-
-    written: int  # rows of event pages written
-    errors: int  # documents the archive refused
-    outages: int  # times the archive became unreachable
-    unavailable_since: float | None
-    last_error: str
-
-    def __call__(self, name: str, doc: dict) -> None:
-        """Spool a document."""
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every document spooled so far is in the archive."""
-
-    @property
-    def backlog(self) -> int:
-        """Bytes in the spool not yet in the archive."""
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is spooled (up to ``timeout`` s while the archive is away), then stop."""
-
-
 class SpooledWriter:
-    """A ``(name, doc)`` callback: each document goes to the spool at once, and from the spool
-    to ``sink`` on a thread of its own, so the RunEngine never waits on the archive.
+    """Writes the spool to ``sink`` on a thread of its own: the archive writer process's
+    loop (:mod:`warden.writer_process`), while the service appends to the spool.
 
     The thread reads the spool in order and merges the event pages of each stream into one
     write. When the archive cannot be reached (connection refused, 5xx) it keeps the
     documents in the spool and tries again, every ``retry`` seconds at first and then less
     often; documents the archive refuses (4xx, bad data) are counted in ``errors`` and kept
-    in ``rejected.jsonl`` beside the spool. Documents left in the spool by an earlier process
-    are written first. ``on_committed(docs)`` is given each batch once committed: the
-    documents written (event pages merged), those refused left out.
-
-    ``spool`` is a directory (this writer owns the spool and appends to it) or a
-    :class:`~catalog.spool.SpoolReader` on a spool another process appends to and waits on
-    (the writer process of :mod:`warden.writer_process`, which reads :attr:`position` and the
-    counters in ``on_progress`` after each change, and ends with :meth:`abandon`). There,
-    ``replayed_until`` is where the writer before it had got to: the documents before it are
-    written again (the sink skips what the archive holds) without being counted.
+    in ``rejected.jsonl`` beside the spool. ``on_committed(docs)`` is given each batch once
+    committed: the documents written (event pages merged), those refused left out;
+    ``on_progress(writer)`` is called after each change of :attr:`position` or the counters.
+    ``replayed_until`` is where the writer before this one had got to: the documents before
+    it are written again (the sink skips what the archive holds) without being counted. The
+    writer ends with :meth:`abandon`, or on a bug (:meth:`is_alive`).
     """
 
     def __init__(
         self,
         sink: Callable[[str, dict], None],
-        spool: str | Path | SpoolReader,
+        spool: SpoolReader,
         on_committed: Callable[[list[tuple[str, dict]]], None] | None = None,
         retry: float = 0.5,
         name: str = "archive-writer",
@@ -287,7 +257,7 @@ class SpooledWriter:
         replayed_until: Position | None = None,
     ):
         self.sink = sink
-        self.spool = spool if isinstance(spool, SpoolReader) else Spool(spool)
+        self.spool = spool
         self.on_committed = on_committed
         self.on_progress = on_progress
         self.retry = retry
@@ -298,14 +268,10 @@ class SpooledWriter:
         self.last_error = ""
         self._position = self.spool.first()
         self._replayed_until = replayed_until
-        self._done = threading.Condition()
-        self._closing = threading.Event()
+        self._lock = threading.Lock()  # (position)
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    def __call__(self, name: str, doc: dict) -> None:
-        self.spool.append(name, doc)
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -315,9 +281,6 @@ class SpooledWriter:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("the archive writer stopped; unwritten documents stay in %s",
                           self.spool.directory)
-        finally:
-            with self._done:
-                self._done.notify_all()  # join() returns: nothing more will be written
 
     def _write_spool(self) -> None:
         while not self._abandon.is_set():
@@ -328,15 +291,12 @@ class SpooledWriter:
             else:
                 docs, after = self.spool.read(self._position)
             if not docs and after == self._position:
-                if self._closing.is_set():
-                    return
                 self.spool.wait(self._position, timeout=0.5)
                 continue
             if not self._write_batch(docs, report=not replay):
                 return  # abandoned while the archive was away: the spool keeps the rest
-            with self._done:
+            with self._lock:
                 self._position = after
-                self._done.notify_all()
             self.spool.release(after)
             self._progress()
 
@@ -347,7 +307,7 @@ class SpooledWriter:
     @property
     def position(self) -> Position:
         """Where the documents not yet in the archive begin."""
-        with self._done:
+        with self._lock:
             return self._position
 
     def _write_batch(self, docs: list[tuple[str, dict]], report: bool = True) -> bool:
@@ -405,36 +365,8 @@ class SpooledWriter:
             return False
         return True
 
-    # -- waiting and closing ---------------------------------------------------------------
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every document given so far is in the archive; False on timeout or if
-        the writer stopped first."""
-        end = self.spool.end
-        with self._done:
-            self._done.wait_for(
-                lambda: self._position >= end or not self._thread.is_alive(), timeout
-            )
-            return self._position >= end
-
-    @property
-    def backlog(self) -> int:
-        """Bytes in the spool not yet in the archive."""
-        return self.spool.pending_bytes(self.position)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is spooled, for up to ``timeout`` seconds while the archive is away;
-        then stop the thread. What is not written stays in the spool for the next start."""
-        if self._abandon.is_set():
-            return
-        self._closing.set()
-        if not self.join(timeout):
-            log.warning("archive unreachable at close: %d bytes stay in the spool %s",
-                        self.backlog, self.spool.directory)
-        self.abandon()
-        self.spool.close(drained=self._position >= self.spool.end)
-
     def is_alive(self) -> bool:
-        """Whether the writer thread runs (it ends on close, or on a bug)."""
+        """Whether the writer thread runs (it ends on :meth:`abandon`, or on a bug)."""
         return self._thread.is_alive()
 
     def abandon(self) -> None:

@@ -32,7 +32,6 @@ from catalog.backends import Backend, open_backend, scheme_of
 from catalog.latest import LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
 from catalog.server import Server
-from catalog.writer import ArchiveWriter
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
@@ -138,7 +137,7 @@ class WardenService:
         self.server: Server | None = None
         self.publisher: LatestPublisher | None = None
         self._latest_dir: str | None = None
-        self.writer: ArchiveWriter | None = None
+        self.writer: WriterProcess | None = None
         self.reconnect: ReconnectWatch | None = None
         self.engine: RunEngine | None = None  # the RunEngine of run()
         # closed runs move into Parquet; their rows outlive the switch this long (None: off)

@@ -58,9 +58,9 @@ class WriterSpec:
 
 
 class WriterProcess:
-    """The archive writer as the service sees it: a :class:`catalog.writer.ArchiveWriter`
-    with the calls and counters of :class:`catalog.writer.SpooledWriter`, the writing done in
-    a child process."""
+    """The service's archive writer: a ``(name, doc)`` callback that appends to the spool,
+    while a child process writes the spool to the archive (:class:`catalog.writer.SpooledWriter`);
+    with its position (:meth:`join`, :attr:`backlog`) and counters as the child reports them."""
 
     def __init__(self, spec: WriterSpec, start_timeout: float = 120.0):
         self.spec = spec
