@@ -24,7 +24,7 @@ from pathlib import Path
 from bluesky import RunEngine
 
 from catalog.ascii import AsciiDayWriter
-from catalog.backends import Backend, open_backend, scheme_of
+from catalog.backends import Backend, open_backend
 from catalog.latest import LatestPublisher, LatestStore
 from catalog.query import Archive
 from catalog.server import TiledServer
@@ -168,7 +168,7 @@ class WardenService:
             plugins=list(self.runner.states),
             discovered=list(self.discovered),
         )
-        if scheme_of(self.backend.uri) == "mongomock":
+        if self.backend.uri.scheme == "mongomock":
             self.server = service_server(self.backend.tree, self.latest, self.runner, spec)
             return self.server.start()
         self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
@@ -180,7 +180,7 @@ class WardenService:
     def _start_writer(self) -> SpooledWriter | WriterProcess:
         """The archive writer in a process of its own, or on a thread for an in-memory
         archive."""
-        if scheme_of(self.backend.uri) == "mongomock":
+        if self.backend.uri.scheme == "mongomock":
             return SpooledWriter(self.backend.sink(self.url, self.api_key), self.spool_dir,
                                  on_written=self.latest.archived)
         data_dir = str(self.backend.data_dir) if self.backend.data_dir else None
