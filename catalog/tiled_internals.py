@@ -215,6 +215,14 @@ def point_at_parquet(catalog: sqlite3.Connection, data_source: int, path: Path,
             raise RuntimeError(f"data source {data_source} is no longer SQL")
 
 
+def asset_paths(data_uris: str | list[str]) -> list[Path]:
+    """The files of a data source's assets (Tiled's ``file://`` URIs, one per partition)."""
+    from tiled.utils import path_from_uri
+
+    return [path_from_uri(uri) for uri in ([data_uris] if isinstance(data_uris, str)
+                                           else data_uris)]
+
+
 def compacted_sources(catalog: sqlite3.Connection, key: str) -> list[tuple[int, dict]]:
     """(id, ``properties[key]``) of the Parquet data sources whose
     ``properties[key]["deleted"]`` is false."""
