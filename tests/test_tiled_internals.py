@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import sqlite3
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -36,6 +38,7 @@ from catalog.direct import DirectTables
 from catalog.server import sql_catalog
 from catalog.uri import ArchiveURI
 
+ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("WARDEN_TEST_POSTGRES_URI")
 KEY = "internals0123456789"
 SCHEMA = pa.schema([("time", pa.float64()), ("seq_num", pa.int64()), ("wcmBeam", pa.float64()),
@@ -200,3 +203,24 @@ def test_the_metadata_body_of_a_leafless_node_is_tiled_s():
         body = msgpack.unpackb(mine.content) if "msgpack" in accept else mine.json()
         assert body["data"]["attributes"]["metadata"] == metadata
         assert client["latest"]["yi2-wcm3"].metadata == metadata
+
+
+# Tiled's modules below its public API (clients, queries, adapters, structures, config,
+# build_app, tiled.catalog.from_uri), and the imports of them still outside tiled_internals
+# (file, module): the latest route's, and the server's logging config.
+PRIVATE = re.compile(r"^\s*(?:from|import) (tiled\.(?:server\.(?!app\b)\w+|catalog\.\w+|"
+                     r"alembic_utils|links|utils|storage|serialization)\b)", re.MULTILINE)
+NOT_YET = {
+    ("catalog/latest.py", "tiled.links"), ("catalog/latest.py", "tiled.server.core"),
+    ("catalog/latest.py", "tiled.server.utils"), ("catalog/latest.py", "tiled.utils"),
+    ("catalog/server.py", "tiled.server.logging_config"),
+}
+
+
+def test_only_tiled_internals_imports_tiled_s_insides():
+    found = {(str(path.relative_to(ROOT)), module)
+             for folder in ("catalog", "warden", "plans", "warden_devices")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             if path.name != "tiled_internals.py"
+             for module in PRIVATE.findall(path.read_text())}
+    assert found - NOT_YET == set()
