@@ -29,12 +29,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from event_model import compose_run
 
-from catalog.backends import drop_mock, open_backend, redact
+from catalog.backends import drop_mock, open_backend
 from catalog.migrate import served
+from catalog.uri import ArchiveURI
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -87,7 +87,7 @@ def fresh(kind: str, tmp: Path, postgres: str, mongo: str | None):
     elif kind == "postgresql":
         asyncio.run(_pg(postgres, f'CREATE DATABASE "{name}"'))
         try:
-            yield urlsplit(postgres)._replace(path=f"/{name}").geturl()
+            yield ArchiveURI.parse(postgres).with_database(name)
         finally:
             asyncio.run(_pg(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     elif kind == "mongomock":
@@ -100,7 +100,7 @@ def fresh(kind: str, tmp: Path, postgres: str, mongo: str | None):
         import pymongo
 
         try:
-            yield urlsplit(mongo)._replace(path=f"/{name}").geturl()
+            yield ArchiveURI.parse(mongo).with_database(name)
         finally:
             with pymongo.MongoClient(mongo) as client:
                 client.drop_database(name)
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = statistics.median(seconds["sqlite"])
     for kind in kinds:
         median = statistics.median(seconds[kind])
-        where = {"postgresql": redact(args.postgres), "mongodb": redact(args.mongo or "")}
+        where = {"postgresql": ArchiveURI.parse(args.postgres).redacted(),
+                 "mongodb": ArchiveURI.parse(args.mongo).redacted() if args.mongo else ""}
         print(json.dumps({
             "figure": "backend-write",
             "backend": kind,

@@ -17,7 +17,7 @@ Every backend has the same two faces, so the service never asks which one it has
 
 >>> backend = open_backend("postgresql://postgres@127.0.0.1:5432/warden")
 >>> app = warden_app(backend.tree, ...)           # serve backend.tree at /archive
->>> write = backend.sink(server_url, api_key)     # (name, doc) -> None, put behind QueuedWriter
+>>> write = backend.sink(server_url, api_key)     # (name, doc) -> None, put behind SpooledWriter
 
 Readers never see the difference either: :class:`catalog.query.Archive` answers the same
 frames over Tiled whatever is behind ``/archive``.
@@ -30,16 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .query import QueryError
+from .uri import ArchiveURI
 
 Sink = Callable[[str, dict], None]
 
-SQL_SCHEMES = ("sqlite", "postgresql")
-MONGO_SCHEMES = ("mongodb", "mongomock")  # mongodb+srv counts as mongodb
 # A run still being written is re-read from MongoDB after this long (databroker's default
 # is 2 s): about one flush interval, so what was written is soon queryable.
 MONGO_PARTIAL_RUN_TTL = 0.5
@@ -49,15 +46,11 @@ class ArchiveUnavailable(ConnectionError):
     """The archive named by the URI cannot be opened (server down, no such database, ...)."""
 
 
-class ArchiveURIError(QueryError):
-    """An archive URI that names no usable archive (bad input: the CLI exits 2)."""
-
-
 class Backend(Protocol):
     """One archive: the Tiled adapter to serve at ``/archive`` and a way to write into it."""
 
     kind: str  # "sqlite" | "postgresql" | "mongodb"
-    uri: str
+    uri: ArchiveURI
     tree: Any  # the adapter served at /archive (may carry startup_tasks / shutdown_tasks)
     data_dir: Path | None  # where the backend keeps files on this machine (logs may go here)
 
@@ -76,36 +69,19 @@ class Backend(Protocol):
         """Release connections (after the server and the writer have stopped)."""
 
 
-def scheme_of(uri: str) -> str:
-    """The URI's scheme without a ``+driver`` (``postgresql+asyncpg`` -> ``postgresql``)."""
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    return "mongodb" if scheme == "mongodb+srv" else scheme.split("+", 1)[0]
-
-
-def open_backend(uri: str, data_dir: str | Path | None = None, init: bool = True) -> Backend:
+def open_backend(uri: str | ArchiveURI, data_dir: str | Path | None = None,
+                 init: bool = True) -> Backend:
     """Open the archive named by ``uri`` (creating its schema when ``init``).
 
     ``data_dir`` is where a PostgreSQL archive keeps its large arrays (default
     ``./warden-data/<db>.data``); the other backends ignore it.
-    Raise :class:`ArchiveUnavailable` when the database cannot be reached, ``ValueError`` for
-    a URI that names no backend.
+    Raise :class:`ArchiveUnavailable` when the database cannot be reached,
+    :class:`~catalog.uri.ArchiveURIError` for a URI that names no archive.
     """
-    scheme = scheme_of(uri)
-    if scheme in SQL_SCHEMES:
+    uri = ArchiveURI.parse(uri) if isinstance(uri, str) else uri
+    if uri.scheme in ("sqlite", "postgresql"):
         return SQLBackend(uri, data_dir=data_dir, init=init)
-    if scheme in MONGO_SCHEMES:
-        return MongoBackend(uri, init=init)
-    known = ", ".join(f"{s}://" for s in ("sqlite", "postgresql", "mongodb", "mongomock"))
-    raise ArchiveURIError(f"unknown archive URI scheme {scheme!r} (known: {known})")
-
-
-def redact(uri: str) -> str:
-    """The URI with any password replaced by ``***``."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return MongoBackend(uri, init=init)
 
 
 # -- Tiled SQL catalog: SQLite, PostgreSQL ------------------------------------------------------
@@ -113,23 +89,22 @@ def redact(uri: str) -> str:
 class SQLBackend:
     """A Tiled SQL catalog (``CatalogOfBlueskyRuns`` 3.0), written through Tiled's HTTP API."""
 
-    uri: str
+    uri: ArchiveURI
     data_dir: Path | None = None
     init: bool = True
     kind: str = field(init=False)
     tree: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from .server import postgres_data_dir, sql_catalog
+        from .server import sql_catalog
 
-        self.kind = "sqlite" if scheme_of(self.uri) == "sqlite" else "postgresql"
+        self.kind = self.uri.scheme
         if self.kind == "sqlite":
-            path = Path(self.uri.split("://", 1)[1][1:]).resolve()
-            if not self.init and not path.exists():
+            if not self.init and not self.uri.path.exists():
                 raise ArchiveUnavailable(f"cannot open the archive {self.uri}: no such file")
-            self.data_dir = path.parent
+            self.data_dir = self.uri.path.parent
         else:
-            self.data_dir = Path(self.data_dir or postgres_data_dir(self.uri)).resolve()
+            self.data_dir = Path(self.data_dir or self.uri.data_dir).resolve()
             _check_postgres(self.uri)
         self.tree = sql_catalog(self.uri, init=self.init, data_dir=self.data_dir)
 
@@ -139,23 +114,18 @@ class SQLBackend:
         from .direct import DirectTables
         from .writer import TiledRunSink
 
-        if self.kind == "sqlite":
-            path = Path(self.uri.split("://", 1)[1][1:]).resolve()
-            tables = f"sqlite:///{path.with_suffix('.tables.db')}"
-        else:
-            tables = "postgresql://" + self.uri.split("://", 1)[1]  # ADBC takes no +driver
-        return TiledRunSink(from_uri(url, api_key=api_key)["archive"], DirectTables(tables))
+        return TiledRunSink(from_uri(url, api_key=api_key)["archive"], DirectTables(self.uri))
 
     def describe(self) -> str:
         if self.kind == "sqlite":
-            return f"{self.uri.split('://', 1)[1][1:]} (SQLite)"
-        return f"{redact(self.uri)} (PostgreSQL; arrays in {self.data_dir})"
+            return f"{self.uri.path} (SQLite)"
+        return f"{self.uri} (PostgreSQL; arrays in {self.data_dir})"
 
     def close(self) -> None:
         pass  # the catalog's engines are disposed by the server's shutdown tasks
 
 
-def _check_postgres(uri: str) -> None:
+def _check_postgres(uri: ArchiveURI) -> None:
     """Fail early, and clearly, when the server or the database is not there."""
     import asyncio
     import concurrent.futures
@@ -163,14 +133,14 @@ def _check_postgres(uri: str) -> None:
     import asyncpg
 
     async def ping() -> None:
-        conn = await asyncpg.connect("postgresql://" + uri.split("://", 1)[1], timeout=10)
+        conn = await asyncpg.connect(uri.dsn, timeout=10)
         await conn.close()
 
     try:  # on a thread of its own: the caller may be running an event loop (Jupyter)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, ping()).result()
     except (TimeoutError, OSError, asyncpg.PostgresError) as err:
-        raise ArchiveUnavailable(f"cannot open the archive {redact(uri)}: {err}") from None
+        raise ArchiveUnavailable(f"cannot open the archive {uri}: {err}") from None
 
 
 # -- MongoDB, databroker's normalized layout ----------------------------------------------------
@@ -178,36 +148,31 @@ _MOCK_CLIENTS: dict[str, Any] = {}
 _MOCK_LOCK = threading.Lock()
 
 
-def mongo_database(uri: str):
+def mongo_database(uri: ArchiveURI):
     """The pymongo (or, for ``mongomock://``, the process-wide mongomock) database of ``uri``."""
-    parts = urlsplit(uri)
-    name = parts.path.strip("/")
-    if not name:
-        raise ArchiveURIError(
-            f"archive URI {redact(uri)!r} names no database (mongodb://host/DB)"
-        )
-    if scheme_of(uri) == "mongomock":
+    if uri.scheme == "mongomock":
         import mongomock
 
         with _MOCK_LOCK:
-            client = _MOCK_CLIENTS.setdefault(parts.netloc, mongomock.MongoClient())
-        return client[name]
+            client = _MOCK_CLIENTS.setdefault(uri.host, mongomock.MongoClient())
+        return client[uri.database]
     import pymongo
     import pymongo.errors
 
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=False)
+    client = pymongo.MongoClient(uri.text, serverSelectionTimeoutMS=10_000, tz_aware=False)
     try:
         client.admin.command("ping")
     except pymongo.errors.PyMongoError as err:
         client.close()
-        raise ArchiveUnavailable(f"cannot open the archive {redact(uri)}: {err}") from None
-    return client.get_database(name)
+        raise ArchiveUnavailable(f"cannot open the archive {uri}: {err}") from None
+    return client.get_database(uri.database)
 
 
-def drop_mock(uri: str) -> None:
+def drop_mock(uri: str | ArchiveURI) -> None:
     """Forget a ``mongomock://`` server (tests)."""
+    uri = ArchiveURI.parse(uri) if isinstance(uri, str) else uri
     with _MOCK_LOCK:
-        _MOCK_CLIENTS.pop(urlsplit(uri).netloc, None)
+        _MOCK_CLIENTS.pop(uri.host, None)
 
 
 @dataclass
@@ -216,7 +181,7 @@ class MongoBackend:
     suitcase-mongo's ``Serializer`` straight into the database (one ``insert_many`` of events
     per event page), both on one client."""
 
-    uri: str
+    uri: ArchiveURI
     init: bool = True
     kind: str = field(default="mongodb", init=False)
     data_dir: Path | None = field(default=None, init=False)
@@ -230,7 +195,7 @@ class MongoBackend:
         self.database = mongo_database(self.uri)
         # databroker's indexes (unique uids, run start time, text search); mongomock checks a
         # unique index by scanning the collection, so in memory there are none
-        if self.init and scheme_of(self.uri) != "mongomock":
+        if self.init and self.uri.scheme != "mongomock":
             self.serializer().create_indexes()
         self.tree = MongoAdapter(
             metadatastore_db=self.database,
@@ -254,9 +219,9 @@ class MongoBackend:
         return MongoRunSink(self.serializer(), self.database)
 
     def describe(self) -> str:
-        if scheme_of(self.uri) == "mongomock":
+        if self.uri.scheme == "mongomock":
             return f"{self.uri} (mongomock, in memory)"
-        return f"{redact(self.uri)} (MongoDB)"
+        return f"{self.uri} (MongoDB)"
 
     def has_run(self, uid: str) -> tuple[bool, bool]:
         """(the run start is stored, its stop is stored)"""
@@ -274,7 +239,7 @@ class MongoBackend:
         db["run_start"].delete_many({"uid": uid})
 
     def close(self) -> None:
-        if scheme_of(self.uri) != "mongomock":
+        if self.uri.scheme != "mongomock":
             self.database.client.close()
 
 

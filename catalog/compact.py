@@ -29,38 +29,27 @@ only, as everywhere else in the warden (one SQLite copy per file per process).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import tiled_internals
+from .tiled_internals import SourceTable
+from .uri import ArchiveURI
+
 log = logging.getLogger(__name__)
 
-SQL_TABLE = "application/x-tiled-sql-table"
-PARQUET = "application/x-parquet"
 DELETE_CHUNK = 20_000  # rows per delete transaction: the writer waits at most ~0.1 s
 VACUUM_CHUNK = 2_000  # pages given back to the disk per transaction (8 MB)
 ROW_GROUP = 1_048_576  # rows per Parquet row group (pyarrow's default), read a group at a time
 BUSY_TIMEOUT_MS = 30_000  # how long a step waits for the writer's transaction
-
-
-@dataclass
-class Table:
-    """One closed run's table still in the SQL storage."""
-
-    data_source: int
-    run: str
-    path: list[str]  # node keys below the run: [stream, "internal"]
-    table_name: str
-    dataset_id: int
-    schema: pa.Schema
+MARK = "compacted"  # the data source property that says where a table's rows were
 
 
 @dataclass
@@ -87,11 +76,11 @@ class Compactor:
         self.stopping = threading.Event()  # set: stop between steps (nothing is lost)
 
     @classmethod
-    def for_uri(cls, uri: str, grace: float = 60.0) -> Compactor | None:
-        """The compactor of a ``sqlite:///`` archive URI; None for other archives."""
-        if not uri.startswith("sqlite:"):
-            return None
-        return cls(Path(uri.split("://", 1)[1][1:]).resolve(), grace=grace)
+    def for_uri(cls, uri: str | ArchiveURI, grace: float = 60.0) -> Compactor | None:
+        """The compactor of a ``sqlite:///`` archive; None for other archives."""
+        if isinstance(uri, str):
+            uri = ArchiveURI.parse(uri)
+        return cls(uri.path, grace=grace) if uri.scheme == "sqlite" else None
 
     def run(self) -> Report:
         """Move every closed run's tables into Parquet, then delete their rows."""
@@ -120,38 +109,19 @@ class Compactor:
     def pending(self) -> int:
         """Tables of closed runs still in SQL, plus compacted tables whose rows remain."""
         with self._catalog() as catalog:
-            return len(self.closed_tables(catalog)) + len(_to_delete(catalog))
+            return (len(self.closed_tables(catalog))
+                    + len(tiled_internals.compacted_sources(catalog, MARK)))
 
     # -- the steps -------------------------------------------------------------------------
-    def closed_tables(self, catalog: sqlite3.Connection) -> list[Table]:
+    def closed_tables(self, catalog: sqlite3.Connection) -> list[SourceTable]:
         """The SQL tables of runs whose stop document is written."""
-        from tiled.structures.table import TableStructure
+        return tiled_internals.closed_run_tables(catalog)
 
-        rows = catalog.execute(  # from the SQL tables (few: the open day's, and these)
-            """
-            SELECT ds.id, run.id, run.key, ds.parameters, s.structure, ds.node_id
-            FROM data_sources AS ds
-            JOIN nodes_closure AS c ON c.descendant = ds.node_id AND c.depth > 0
-            JOIN nodes AS run ON run.id = c.ancestor
-            JOIN structures AS s ON s.id = ds.structure_id
-            WHERE ds.mimetype = ?
-              AND run.parent = (SELECT id FROM nodes WHERE parent IS NULL)
-              AND json_extract(run.metadata, '$.stop') IS NOT NULL
-            ORDER BY ds.id
-            """, (SQL_TABLE,)).fetchall()
-        out = []
-        for source, run_id, run, parameters, structure, node in rows:
-            parameters = json.loads(parameters)
-            schema = TableStructure.from_json(json.loads(structure)).arrow_schema_decoded
-            out.append(Table(source, run, _keys_below(catalog, node, run_id),
-                             parameters["table_name"], int(parameters["dataset_id"]), schema))
-        return out
-
-    def parquet_path(self, table: Table) -> Path:
+    def parquet_path(self, table: SourceTable) -> Path:
         """Where a table's file goes (Tiled's own layout for a Parquet table node)."""
-        return self.data_dir.joinpath(table.run, *table.path, "partition-0.parquet")
+        return tiled_internals.parquet_partition_path(self.data_dir, [table.run, *table.path])
 
-    def _write_parquet(self, tables, table: Table) -> tuple[int, int]:
+    def _write_parquet(self, tables, table: SourceTable) -> tuple[int, int]:
         """Write the table's rows to its file (a row group at a time: bounded memory);
         return (rows, bytes)."""
         path = self.parquet_path(table)
@@ -159,7 +129,8 @@ class Compactor:
         part = path.with_suffix(".parquet.part")
         rows = 0
         with pq.ParquetWriter(part, table.schema, **parquet_options(table.schema)) as out:
-            for group in _read_rows(tables, table):
+            groups = tiled_internals.read_rows(tables, table.location, table.schema, ROW_GROUP)
+            for group in groups:
                 out.write_table(group, row_group_size=ROW_GROUP)
                 rows += len(group)
         with open(part, "rb+") as f:
@@ -171,30 +142,13 @@ class Compactor:
             raise RuntimeError(f"{path} holds {written} rows, not {rows}")
         return rows, path.stat().st_size
 
-    def _switch(self, catalog: sqlite3.Connection, table: Table, rows: int) -> None:
-        """Point the table's data source at its file, in one transaction."""
-        from tiled.utils import ensure_uri
-
-        uri = ensure_uri(str(self.parquet_path(table)))
-        size = self.parquet_path(table).stat().st_size
-        compacted = {"table_name": table.table_name, "dataset_id": table.dataset_id,
-                     "rows": rows, "deleted": False}
-        with catalog:  # BEGIN ... COMMIT (ROLLBACK on error)
-            asset = catalog.execute(
-                "INSERT INTO assets (data_uri, is_directory, size) VALUES (?, 0, ?)",
-                (uri, size)).lastrowid
-            catalog.execute("DELETE FROM data_source_asset_association "
-                            "WHERE data_source_id = ?", (table.data_source,))
-            catalog.execute(
-                "INSERT INTO data_source_asset_association "
-                "(data_source_id, asset_id, parameter, num) VALUES (?, ?, 'data_uris', 0)",
-                (table.data_source, asset))
-            switched = catalog.execute(
-                "UPDATE data_sources SET mimetype = ?, parameters = '{}', properties = ?, "
-                "management = 'immutable' WHERE id = ? AND mimetype = ?",
-                (PARQUET, json.dumps({"compacted": compacted}), table.data_source, SQL_TABLE))
-            if switched.rowcount != 1:  # switched by another pass meanwhile: undo ours
-                raise RuntimeError(f"data source {table.data_source} is no longer SQL")
+    def _switch(self, catalog: sqlite3.Connection, table: SourceTable, rows: int) -> None:
+        """Point the table's data source at its file, in one transaction; its properties
+        say where the rows were until they are deleted."""
+        name, dataset = table.location
+        compacted = {"table_name": name, "dataset_id": dataset, "rows": rows, "deleted": False}
+        tiled_internals.point_at_parquet(catalog, table.data_source, self.parquet_path(table),
+                                         {MARK: compacted})
 
     def _delete_rows(self, catalog: sqlite3.Connection, tables) -> int:
         """Delete the rows of compacted tables, a chunk per transaction; each table is marked
@@ -202,37 +156,31 @@ class Compactor:
         import adbc_driver_manager
 
         deleted = 0
-        for source, compacted in _to_delete(catalog):
-            name, dataset = compacted["table_name"], int(compacted["dataset_id"])
+        for source, compacted in tiled_internals.compacted_sources(catalog, MARK):
+            where = tiled_internals.TableLocation(compacted["table_name"],
+                                                  int(compacted["dataset_id"]))
             try:
                 while True:
                     if self.stopping.is_set():
                         return deleted
-                    with tables.cursor() as cursor:
-                        cursor.execute(
-                            f'DELETE FROM "{name}" WHERE rowid IN (SELECT rowid FROM "{name}" '
-                            f"WHERE _dataset_id = {dataset} LIMIT {DELETE_CHUNK})")
-                        cursor.execute("SELECT changes()")  # (ADBC's rowcount is -1)
-                        n = cursor.fetchone()[0]
-                    tables.commit()
+                    n = tiled_internals.delete_rows(tables, where, DELETE_CHUNK)
                     deleted += n
                     if n < DELETE_CHUNK:
                         break
             except adbc_driver_manager.Error as err:
                 tables.rollback()
                 if "no such table" not in str(err):  # (a table gone holds no rows)
-                    log.warning("could not delete the compacted rows of %s: %s", name, err)
+                    log.warning("could not delete the compacted rows of %s: %s",
+                                where.table_name, err)
                     continue
-            with catalog:
-                catalog.execute("UPDATE data_sources SET properties = ? WHERE id = ?",
-                                (json.dumps({"compacted": {**compacted, "deleted": True}}),
-                                 source))
+            tiled_internals.set_properties(catalog, source,
+                                           {MARK: {**compacted, "deleted": True}})
         return deleted
 
     def _give_back_pages(self, tables) -> None:
-        """Shrink the tables file by its free pages (an archive made before compaction
-        existed has no incremental vacuum: its free pages are reused by the next days), then
-        its write-ahead log, which the deletes filled (it keeps its largest size otherwise).
+        """Shrink the tables file by its free pages (a file without incremental vacuum keeps
+        them, for the next days' rows), then its write-ahead log, which the deletes filled
+        (it keeps its largest size otherwise).
 
         Each step is a transaction of its own, so it waits its turn behind the writer's; a
         busy file is left for the next pass."""
@@ -331,34 +279,6 @@ def parquet_options(schema: pa.Schema) -> dict:
             "column_encoding": encoding}
 
 
-def _read_rows(tables, table: Table) -> Iterator[pa.Table]:
-    """The table's rows in the order written, as Tiled reads them (same names and types),
-    ``ROW_GROUP`` rows at a time."""
-    names = table.schema.names
-    columns = ", ".join(f'"{n.lower()}"' for n in names)
-    try:
-        with tables.cursor() as cursor:
-            cursor.execute(f'SELECT {columns} FROM "{table.table_name}" '
-                           f"WHERE _dataset_id = {table.dataset_id} "
-                           "ORDER BY _partition_id, rowid")
-            batches, n = [], 0
-            for batch in cursor.fetch_record_batch():
-                batches.append(batch)
-                n += batch.num_rows
-                if n >= ROW_GROUP:
-                    yield _as_schema(batches, table.schema)
-                    batches, n = [], 0
-            if batches:
-                yield _as_schema(batches, table.schema)
-    finally:
-        tables.rollback()  # end the read transaction, whatever happened: the writer may
-        # checkpoint the write-ahead log past it
-
-
-def _as_schema(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_batches(batches).rename_columns(schema.names).cast(schema)
-
-
 def _pragma(db, statement: str):
     """Run ``PRAGMA statement`` in a transaction of its own; its first value (or None)."""
     with db.cursor() as cursor:
@@ -366,24 +286,6 @@ def _pragma(db, statement: str):
         row = cursor.fetchone()
     db.commit()
     return row[0] if row else None
-
-
-def _to_delete(catalog: sqlite3.Connection) -> list[tuple[int, dict]]:
-    rows = catalog.execute(
-        "SELECT id, json_extract(properties, '$.compacted') FROM data_sources "
-        "WHERE mimetype = ? AND json_extract(properties, '$.compacted.deleted') = 0",
-        (PARQUET,)).fetchall()
-    return [(source, json.loads(compacted)) for source, compacted in rows]
-
-
-def _keys_below(catalog: sqlite3.Connection, node: int, run: int) -> list[str]:
-    """The node keys from below the run (node id ``run``) down to ``node``."""
-    keys = []
-    while node != run:
-        key, node = catalog.execute("SELECT key, parent FROM nodes WHERE id = ?",
-                                    (node,)).fetchone()
-        keys.append(key)
-    return keys[::-1]
 
 
 def _fsync_dir(path: Path) -> None:

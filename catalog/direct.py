@@ -3,62 +3,44 @@
 Tiled's ``append_partition`` over HTTP costs about 60 ms a call (authentication, a catalog
 lookup of every path segment, then one ADBC ingest); at 1,000 objects a flush is a minute of
 requests. The archive writer creates each stream's table through Tiled (so the catalog knows
-it) and then appends the rows itself, exactly as Tiled's ``SQLAdapter.append_partition``
-does: the table's ``table_name``, its ``_dataset_id`` and ``_partition_id`` columns, column
-names in lower case, one ADBC ingest. Tiled reads them back as its own.
+it) and then appends the rows itself, as Tiled's ``SQLAdapter.append_partition`` does
+(:func:`catalog.tiled_internals.append_rows`), a batch of streams per commit. Tiled reads
+them back as its own.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-Location = tuple[str, int]  # (table name, dataset id)
+from .tiled_internals import TableLocation, append_rows, table_location
+from .uri import ArchiveURI
 
 
 class DirectTables:
     """One ADBC connection to the tables storage of a SQLite or PostgreSQL archive."""
 
-    def __init__(self, uri: str):
-        self.uri = uri  # sqlite:///<dir>/archive.tables.db or postgresql://...
+    location = staticmethod(table_location)  # where a table node's rows are
+
+    def __init__(self, archive: ArchiveURI):
+        self.archive = archive
         self._conn = None
         self._pending = False  # appends not committed yet
         self._lock = threading.Lock()
 
-    @staticmethod
-    def location(node) -> Location:
-        """Where Tiled keeps the rows of an appendable table node (its client): from the
-        answer that created it when it holds that, else asked of the server."""
-        sources = node.item["attributes"].get("data_sources") or []
-        if len(sources) == 1 and "table_name" in (sources[0].get("parameters") or {}):
-            parameters = sources[0]["parameters"]
-        else:
-            (source,) = node.data_sources()
-            parameters = source.parameters
-        return parameters["table_name"], int(parameters["dataset_id"])
-
-    def append(self, where: Location, table: pa.Table) -> None:
+    def append(self, where: TableLocation, table: pa.Table) -> None:
         """Append ``table`` (the node's schema) to partition 0 of the node at ``where``.
 
         The rows are visible (and durable) at the next :meth:`commit`: one commit per batch
         of streams, not per stream, is what lets a writer keep up with thousands of them
         (SQLite: 0.7 ms an append committed alone, 0.08 ms in a batch).
         """
-        name, dataset = where
-        n = len(table)
-        table = table.add_column(0, pa.field("_partition_id", pa.int16()),
-                                 [np.zeros(n, np.int16)])
-        table = table.add_column(0, pa.field("_dataset_id", pa.int32()),
-                                 [np.full(n, dataset, np.int32)])
-        table = table.rename_columns([c.lower() for c in table.column_names])
         with self._lock:
             conn = self._connect()
             try:
                 with conn.cursor() as cursor:
-                    cursor.adbc_ingest(name, table, mode="append")
+                    append_rows(cursor, where, table)
             except Exception:
                 self._close()  # rolls back; a fresh connection next time
                 raise
@@ -86,17 +68,16 @@ class DirectTables:
 
     def _connect(self):
         if self._conn is None:
-            if self.uri.startswith("sqlite:"):
+            if self.archive.scheme == "sqlite":
                 import adbc_driver_sqlite.dbapi
 
-                path = Path(self.uri.split("://", 1)[1][1:])
-                self._conn = adbc_driver_sqlite.dbapi.connect(str(path))
+                self._conn = adbc_driver_sqlite.dbapi.connect(str(self.archive.tables_path))
                 with self._conn.cursor() as cursor:  # wait for Tiled's own writes (new tables)
                     cursor.execute("PRAGMA busy_timeout = 10000")
             else:
                 import adbc_driver_postgresql.dbapi
 
-                self._conn = adbc_driver_postgresql.dbapi.connect(self.uri)
+                self._conn = adbc_driver_postgresql.dbapi.connect(self.archive.dsn)
         return self._conn
 
     def _close(self) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from event_model import pack_event_page
 
-from .backends import ArchiveURIError, Backend, MongoBackend, open_backend
+from .backends import Backend, MongoBackend, open_backend
 from .latest import LatestStore
 from .query import _plain, parse_day
 from .server import TiledServer, warden_app
+from .uri import ArchiveURI, ArchiveURIError
 
 PAGE_ROWS = 5000  # events per replayed page
 
@@ -57,8 +58,8 @@ class MigrationSummary:
 
 
 def migrate(
-    src_uri: str,
-    dst_uri: str,
+    src_uri: str | ArchiveURI,
+    dst_uri: str | ArchiveURI,
     day: str | None = None,
     *,
     src_data_dir: str | Path | None = None,
@@ -69,11 +70,13 @@ def migrate(
 
     ``*_data_dir`` are the array directories of PostgreSQL archives (see
     :func:`catalog.backends.open_backend`). Raises ``QueryError`` for a malformed day,
-    ``ValueError`` when source and destination are the same, ``ArchiveUnavailable`` when
-    either cannot be opened.
+    ``ArchiveURIError`` for a bad URI or when source and destination are the same archive,
+    ``ArchiveUnavailable`` when either cannot be opened.
     """
     if day is not None:
         day = parse_day(day).isoformat()
+    src_uri, dst_uri = (ArchiveURI.parse(u) if isinstance(u, str) else u
+                        for u in (src_uri, dst_uri))
     if src_uri == dst_uri:
         raise ArchiveURIError("source and destination are the same archive")
     say = progress or (lambda line: None)

@@ -15,17 +15,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tiled.adapters.array import ArrayAdapter
 from tiled.adapters.parquet import ParquetDatasetAdapter
+from tiled.structures.table import TableStructure
+
+from .tiled_internals import asset_paths
 
 
 class ParquetTable(ParquetDatasetAdapter):
     """A table stored as Parquet files (one per partition), read with pyarrow."""
 
+    def __init__(self, data_uris: str | list[str], structure: TableStructure, *,
+                 metadata: dict | None = None, specs: list | None = None):
+        super().__init__(data_uris, structure, metadata=metadata, specs=specs)
+        self.paths = asset_paths(data_uris)
+
     def read(self, fields: list[str] | None = None) -> pd.DataFrame:
-        parts = [pq.read_table(path, columns=fields) for path in self._partition_paths]
+        parts = [pq.read_table(path, columns=fields) for path in self.paths]
         return pa.concat_tables(parts).to_pandas()
 
     def read_partition(self, partition: int, fields: list[str] | None = None) -> pd.DataFrame:
-        return pq.read_table(self._partition_paths[partition], columns=fields).to_pandas()
+        return pq.read_table(self.paths[partition], columns=fields).to_pandas()
 
     def get(self, key: str) -> ArrayAdapter | None:
         if key not in self.structure().columns:

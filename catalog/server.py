@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import httpx
 import uvicorn
@@ -22,17 +20,23 @@ from tiled.adapters.mapping import MapAdapter
 from tiled.catalog import from_uri as catalog_from_uri
 from tiled.config import Authentication
 from tiled.server.app import build_app
-from tiled.server.logging_config import LOGGING_CONFIG
-from tiled.server.settings import get_settings
 
-from .compact import PARQUET
 from .latest import Latest, LatestFastPath, latest_route, latest_tree, read_only_routes
 from .parquet import ParquetTable
+from .tiled_internals import (
+    LOGGING_CONFIG,
+    PARQUET,
+    catalog_initialized,
+    init_catalog,
+    settle_settings_override,
+)
+from .uri import ArchiveURI, ArchiveURIError
 
 log = logging.getLogger(__name__)
 
 
-def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None = None):
+def sql_catalog(archive: str | ArchiveURI, init: bool = True,
+                data_dir: str | Path | None = None):
     """Open (and create) the Tiled SQL catalog of an ``sqlite://`` or ``postgresql://`` archive.
 
     For ``sqlite:///dir/archive.db`` the catalog is that file; tables go to
@@ -43,66 +47,22 @@ def sql_catalog(archive_uri: str, init: bool = True, data_dir: str | Path | None
     database itself must exist); large arrays go under ``data_dir`` (default
     ``./warden-data/<db>.data``), which every server of the archive must see.
     """
-    scheme = archive_uri.split("://", 1)[0].split("+", 1)[0]
+    uri = ArchiveURI.parse(archive) if isinstance(archive, str) else archive
     specs = [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}]
-    if scheme == "sqlite":
-        path = Path(archive_uri.split("://", 1)[1][1:])  # sqlite:///rel or sqlite:////abs
-        path = path.resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data_dir = path.with_suffix(".data")
+    if uri.scheme == "sqlite":
+        uri.path.parent.mkdir(parents=True, exist_ok=True)
+        data_dir = uri.data_dir
         data_dir.mkdir(exist_ok=True)
-        _write_ahead_log(path.with_suffix(".tables.db"))
-        tables = f"sqlite:///{path.with_suffix('.tables.db')}"
-        catalog = f"sqlite:///{path}"
-    elif scheme == "postgresql":
-        tables = "postgresql://" + archive_uri.split("://", 1)[1]  # ADBC takes no +driver
-        data_dir = Path(data_dir or postgres_data_dir(archive_uri)).resolve()
+        _write_ahead_log(uri.tables_path)
+    elif uri.scheme == "postgresql":
+        data_dir = Path(data_dir or uri.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        catalog = archive_uri
     else:
-        raise ValueError(f"archive scheme {scheme!r} is not served by the SQL catalog")
-    if init and not catalog_initialized(archive_uri):
-        init_catalog(catalog)
-    return catalog_from_uri(catalog, writable_storage=[data_dir, tables], specs=specs,
+        raise ArchiveURIError(f"a {uri.scheme}:// archive is not a Tiled SQL catalog")
+    if init and not catalog_initialized(uri):
+        init_catalog(uri)
+    return catalog_from_uri(uri.catalog, writable_storage=[data_dir, uri.tables], specs=specs,
                             adapters_by_mimetype={PARQUET: ParquetTable})  # compacted days
-
-
-def init_catalog(uri: str) -> None:
-    """Create Tiled's catalog schema in a database, as ``tiled catalog init`` does.
-
-    Tiled's own ``init_if_not_exists`` runs that command in a new Python process (3-6 s, most
-    of it imports); this does the same two steps in this process, in a thread of their own
-    (both run event loops of their own): create the tables, stamp the alembic revision.
-    """
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from tiled.alembic_utils import stamp_head
-    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
-    from tiled.catalog.core import initialize_database
-    from tiled.utils import ensure_specified_sql_driver
-
-    uri = ensure_specified_sql_driver(uri)
-
-    async def create_tables() -> None:
-        engine = create_async_engine(uri)
-        try:
-            await initialize_database(engine)
-        finally:
-            await engine.dispose()
-
-    failed: list[BaseException] = []
-
-    def init() -> None:
-        try:
-            asyncio.run(create_tables())
-            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
-        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
-            failed.append(err)
-
-    thread = threading.Thread(target=init, name="warden-catalog-init")
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
 
 
 def _write_ahead_log(path: Path) -> None:
@@ -123,39 +83,6 @@ def _write_ahead_log(path: Path) -> None:
             cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # no effect once tables exist
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.fetchall()
-
-
-def catalog_initialized(archive_uri: str) -> bool:
-    """Whether the SQL catalog already has its schema (Tiled creates it in a subprocess, which
-    takes seconds: a restart skips that)."""
-    query = "SELECT count(*) FROM alembic_version"
-    scheme = archive_uri.split("://", 1)[0].split("+", 1)[0]
-    try:
-        if scheme == "sqlite":
-            path = Path(archive_uri.split("://", 1)[1][1:]).resolve()
-            if not path.exists():
-                return False
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                return db.execute(query).fetchone()[0] > 0
-        import asyncpg
-
-        async def count() -> int:
-            dsn = "postgresql://" + archive_uri.split("://", 1)[1]
-            conn = await asyncpg.connect(dsn, timeout=10)
-            try:
-                return await conn.fetchval(query)
-            finally:
-                await conn.close()
-
-        return asyncio.run(count()) > 0
-    except Exception:  # noqa: BLE001 - no table, no file, no server: let Tiled say why
-        return False
-
-
-def postgres_data_dir(archive_uri: str) -> Path:
-    """Default directory of a PostgreSQL archive's large arrays: ``./warden-data/<db>.data``."""
-    db = urlsplit(archive_uri).path.strip("/") or "postgres"
-    return Path("warden-data") / f"{db}.data"
 
 
 def warden_app(
@@ -191,30 +118,6 @@ def warden_app(
         at = outer.index("CorrelationIdMiddleware") + 1 if "CorrelationIdMiddleware" in outer else 0
         app.user_middleware.insert(at, Middleware(LatestFastPath, route=route))
     return app
-
-
-class _StartupOverrides(dict):
-    """An app's ``dependency_overrides`` that FastAPI's request handling does not see."""
-
-    def __bool__(self) -> bool:
-        return False
-
-
-def settle_settings_override(app) -> None:
-    """Apply Tiled's settings override once, and keep FastAPI from rebuilding every route's
-    dependencies on every request because of it.
-
-    Tiled's ``build_app`` overrides its ``get_settings`` dependency with a cached function
-    that writes the app's settings into the one cached ``Settings`` object and returns that
-    object. While an app has any override, FastAPI rebuilds the dependency tree of each
-    request (``inspect.signature`` of every dependency, several dozen per Tiled route):
-    about half of a metadata request's time (15 ms -> 7 ms; stream creation 27 -> 19 ms a
-    container; benchmarks/README.md). Once the override has run, ``get_settings()`` returns
-    the very object it would, so requests call ``get_settings`` itself; Tiled's startup and
-    shutdown hooks, which look the override up by key, still find it.
-    """
-    app.dependency_overrides[get_settings]()  # (what Tiled's startup hook does first)
-    app.dependency_overrides = _StartupOverrides(app.dependency_overrides)
 
 
 _KEY_IN_QUERY = re.compile(r"(?i)(api_key=)[^&#\s\"']+")

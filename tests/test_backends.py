@@ -16,7 +16,6 @@ import os
 import secrets
 import threading
 import types
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -26,10 +25,11 @@ from conftest import sim_config
 from event_model import compose_run
 from tiled.client import from_uri as tiled_from_uri
 
-from catalog.backends import ArchiveUnavailable, drop_mock, open_backend, redact, scheme_of
+from catalog.backends import ArchiveUnavailable, drop_mock, open_backend
 from catalog.migrate import migrate, served
 from catalog.query import Archive, QueryError, UnknownObjectError
 from catalog.server import TiledServer, warden_app
+from catalog.uri import ArchiveURI
 from plans.clock import Clock
 from warden.cli import main
 from warden.config import ConfigError
@@ -74,13 +74,14 @@ def postgres_server(request) -> str:
         if os.environ.get("CI"):
             pytest.fail(message + " (CI must run the PostgreSQL tests)")
         pytest.skip(message)
-    _say(request, f"\ntest_backends: PostgreSQL server {redact(PG_ADMIN)}")
+    _say(request, f"\ntest_backends: PostgreSQL server {ArchiveURI.parse(PG_ADMIN)}")
     return PG_ADMIN
 
 
 @pytest.fixture(scope="session")
 def mongo_server(request) -> str | None:
-    _say(request, f"\ntest_backends: MongoDB {redact(MONGO) if MONGO else 'mongomock (in memory)'}")
+    mongo = ArchiveURI.parse(MONGO) if MONGO else "mongomock (in memory)"
+    _say(request, f"\ntest_backends: MongoDB {mongo}")
     return MONGO
 
 
@@ -94,7 +95,7 @@ def fresh_archive(kind: str, tmp_path, request):
         admin = request.getfixturevalue("postgres_server")
         asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
         try:
-            yield urlsplit(admin)._replace(path=f"/{name}").geturl()
+            yield ArchiveURI.parse(admin).with_database(name)
         finally:
             asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     elif kind == "mongo":
@@ -109,7 +110,7 @@ def fresh_archive(kind: str, tmp_path, request):
             import pymongo
 
             try:
-                yield urlsplit(server)._replace(path=f"/{name}").geturl()
+                yield ArchiveURI.parse(server).with_database(name)
             finally:
                 with pymongo.MongoClient(server) as client:
                     client.drop_database(name)
@@ -132,7 +133,7 @@ def run_service(uri: str, data_dir, start: dt.datetime, seconds: float):
     mongomock is in memory, one per process, so no service runs on it: there, the service
     runs on SQLite and the documents its plan emitted are written into the mongomock archive
     by the Mongo sink, served by ``warden_app`` on a thread (with the service's ``latest``)."""
-    if scheme_of(uri) == "mongomock":
+    if ArchiveURI.parse(uri).scheme == "mongomock":
         with _run_service_into_mock(uri, data_dir, start, seconds) as ran:
             yield ran
         return
@@ -538,10 +539,10 @@ def test_passwords_never_show():
     with pytest.raises(ArchiveUnavailable) as err:
         open_backend("postgresql://warden:hunter2@127.0.0.1:9/archive")
     assert "hunter2" not in str(err.value) and "warden:***@127.0.0.1:9" in str(err.value)
-    assert redact("mongodb://w:hunter2@m1:27017,m2/db?authSource=admin") == (
+    assert ArchiveURI.parse("mongodb://w:hunter2@m1:27017,m2/db?authSource=admin").redacted() == (
         "mongodb://w:***@m1:27017,m2/db?authSource=admin"
     )
-    assert redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
+    assert ArchiveURI.parse("sqlite:///a/b.db").redacted() == "sqlite:///a/b.db"
 
 
 def test_documents_written_again_land_once(archive_uri, tmp_path, monkeypatch):

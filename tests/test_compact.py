@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from conftest import run_service, sim_config, wait_for
 
 from catalog import compact
-from catalog.compact import PARQUET, SQL_TABLE, Compactor
+from catalog.compact import Compactor
+from catalog.tiled_internals import PARQUET, SQL_TABLE
 
 ZONE = ZoneInfo("America/New_York")
 OBJECTS = ["yi2-wcm3", "ring-yellow"]

@@ -25,12 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from catalog.query import QueryError
+    from catalog.uri import ArchiveURIError
 
     from .config import ConfigError
 
     try:
         return args.func(args) or 0
-    except (ConfigError, QueryError) as err:
+    except (ConfigError, QueryError, ArchiveURIError) as err:
         print(f"warden {args.command}: {err}", file=sys.stderr)
         return 2
     except ConnectionError as err:

@@ -14,6 +14,8 @@ import tzlocal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catalog.uri import ArchiveURI
+
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_DEPTH = 32  # levels of nested lists and mappings
 GENERIC = "generic"
@@ -146,12 +148,8 @@ class WardenConfig(Strict):
 
     @field_validator("archive")
     @classmethod
-    def _archive_scheme(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        base = scheme.split("+", 1)[0]
-        if base not in ARCHIVE_SCHEMES:
-            known = ", ".join(f"{s}://" for s in ARCHIVE_SCHEMES)
-            raise ValueError(f"unknown archive URI scheme {scheme!r} (known: {known})")
+    def _archive_uri(cls, value: str) -> str:
+        ArchiveURI.parse(value, schemes=ARCHIVE_SCHEMES)  # (an ArchiveURIError: a ValueError)
         return value
 
     @field_validator("timezone")

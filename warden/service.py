@@ -28,10 +28,11 @@ from pathlib import Path
 from bluesky import RunEngine
 
 from catalog.ascii import AsciiDayWriter
-from catalog.backends import Backend, open_backend, scheme_of
+from catalog.backends import Backend, open_backend
 from catalog.latest import LatestPublisher, LatestStore, SharedLatest
 from catalog.query import Archive
 from catalog.server import Server
+from catalog.uri import ArchiveURI
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
@@ -91,8 +92,8 @@ class WardenService:
         port: int | None = None,
         backend: Backend | None = None,
     ):
-        archive = backend.uri if backend is not None else config.archive
-        if scheme_of(archive) == "mongomock":
+        archive = backend.uri if backend is not None else ArchiveURI.parse(config.archive)
+        if archive.scheme == "mongomock":
             raise ConfigError("archive: mongomock:// is in memory, one per process, and the "
                               "service writes and serves its archive from processes of their "
                               "own: use sqlite://, postgresql:// or mongodb://")

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from .route import _msgpack_default
+from ..tiled_internals import msgpack_default
 from .store import LatestStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LatestPublisher:
                 marks[name] = mark
                 entries[name] = self.store.get(name)
         if entries:
-            rows = [(name, msgpack.packb(entry, default=_msgpack_default))
+            rows = [(name, msgpack.packb(entry, default=msgpack_default))
                     for name, entry in entries.items()]
             with self._db:
                 _insert(self._db, "INSERT OR REPLACE INTO latest VALUES ", "(?, ?)", rows)

@@ -1,0 +1,222 @@
+"""What ``catalog.tiled_internals`` relies on, checked against the installed Tiled.
+
+These fail when a Tiled release changes what the warden reads and writes below Tiled's
+public API: the catalog schema's revision, the catalog's tables and columns, the layout of
+appendable tables, the body of the metadata route. The app is Tiled's own (``build_app``),
+on the warden's catalog, read through Tiled's own client. PostgreSQL too when
+``WARDEN_TEST_POSTGRES_URI`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import sqlite3
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from starlette.responses import Response
+from starlette.routing import Route
+from tiled.adapters.mapping import MapAdapter
+from tiled.catalog.alembic_constants import ALEMBIC_DIR
+from tiled.client import from_context
+from tiled.client.context import Context
+from tiled.config import Authentication
+from tiled.server.app import build_app
+
+from catalog import tiled_internals
+from catalog.direct import DirectTables
+from catalog.server import sql_catalog
+from catalog.uri import ArchiveURI
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES = os.environ.get("WARDEN_TEST_POSTGRES_URI")
+KEY = "internals0123456789"
+SCHEMA = pa.schema([("time", pa.float64()), ("seq_num", pa.int64()), ("wcmBeam", pa.float64()),
+                    ("ts_wcmBeam", pa.float64()), ("fillNumber", pa.int64()),
+                    ("species", pa.string())])
+
+
+def page(start: int, n: int) -> pa.Table:
+    """``n`` rows of a stream's table, mixed-case names as the warden's attributes have."""
+    i = np.arange(start, start + n)
+    return pa.table({"time": 1e9 + i * 0.1, "seq_num": i + 1, "wcmBeam": np.sin(i) * 16.0,
+                     "ts_wcmBeam": 1e9 + i * 0.1 - 0.01, "fillNumber": 34000 + i // 7,
+                     "species": ["Au" if k % 3 else "p" for k in i]}, schema=SCHEMA)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive(request, tmp_path):
+    """A URI of an empty archive (a database of its own on PostgreSQL), dropped afterwards."""
+    if request.param == "sqlite":
+        yield ArchiveURI.parse(f"sqlite:///{tmp_path / 'archive.db'}")
+        return
+    if not POSTGRES:
+        pytest.skip("WARDEN_TEST_POSTGRES_URI is not set")
+    admin = ArchiveURI.parse(POSTGRES)
+    name = f"warden_internals_{secrets.token_hex(4)}"
+    _postgres(admin, f'CREATE DATABASE "{name}"')
+    try:
+        yield ArchiveURI.parse(admin.with_database(name))
+    finally:
+        _postgres(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _postgres(admin: ArchiveURI, sql: str):
+    import asyncpg
+
+    async def run():
+        conn = await asyncpg.connect(admin.dsn, timeout=10)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def tiled_client(tree):
+    """Tiled's client of Tiled's app serving ``tree`` (in process, over its HTTP API)."""
+    app = build_app(tree, authentication=Authentication(single_user_api_key=KEY))
+    with Context.from_app(app) as context:
+        yield from_context(context), context
+
+
+def catalog_columns(archive: ArchiveURI) -> dict[str, set[str]]:
+    """Tables and their columns in the archive's catalog database."""
+    if archive.scheme == "sqlite":
+        with contextlib.closing(sqlite3.connect(archive.path)) as db:
+            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type = 'table'")]
+            return {t: {row[1] for row in db.execute(f'PRAGMA table_info("{t}")')}
+                    for t in tables}
+    columns: dict[str, set[str]] = {}
+    for row in _postgres(archive, "SELECT table_name, column_name FROM "
+                                  "information_schema.columns WHERE table_schema = 'public'"):
+        columns.setdefault(row["table_name"], set()).add(row["column_name"])
+    return columns
+
+
+def catalog_revision(archive: ArchiveURI) -> list[str]:
+    query = "SELECT version_num FROM alembic_version"
+    if archive.scheme == "sqlite":
+        with contextlib.closing(sqlite3.connect(archive.path)) as db:
+            return [v for (v,) in db.execute(query)]
+    return [row["version_num"] for row in _postgres(archive, query)]
+
+
+def test_the_installed_tiled_has_the_catalog_schema_we_are_written_for():
+    config = Config()
+    config.set_main_option("script_location", ALEMBIC_DIR)
+    assert ScriptDirectory.from_config(config).get_heads() == [tiled_internals.ALEMBIC_HEAD]
+
+
+def test_a_fresh_catalog_has_every_table_and_column_we_use(archive):
+    assert not tiled_internals.catalog_initialized(archive)
+    sql_catalog(archive)
+    assert tiled_internals.catalog_initialized(archive)
+    assert catalog_revision(archive) == [tiled_internals.ALEMBIC_HEAD]
+    found = catalog_columns(archive)
+    missing = {table: sorted(columns - found.get(table, set()))
+               for table, columns in tiled_internals.CATALOG_COLUMNS.items()
+               if columns - found.get(table, set())}
+    assert missing == {}
+
+
+def test_rows_appended_directly_read_back_as_rows_appended_through_tiled(archive):
+    pages = [page(0, 5), page(5, 1), page(6, 1000)]
+    with tiled_client(sql_catalog(archive)) as (client, _):
+        through = client.create_appendable_table(SCHEMA, key="through-tiled")
+        direct = client.create_appendable_table(SCHEMA, key="direct")
+        for rows in pages:
+            through.append_partition(0, rows)
+        tables = DirectTables(archive)
+        where = DirectTables.location(direct)
+        try:
+            for rows in pages:
+                tables.append(where, rows)
+                tables.commit()
+        finally:
+            tables.close()
+        # the very table Tiled appends to, the direct rows under their own node's dataset
+        assert where.table_name == tiled_internals.table_location(through).table_name
+        assert where.dataset_id != tiled_internals.table_location(through).dataset_id
+
+        expected = pa.concat_tables(pages).to_pandas()
+        by_tiled = through.read()
+        pd.testing.assert_frame_equal(by_tiled, expected, check_dtype=False)  # (str's NA)
+        pd.testing.assert_frame_equal(direct.read(), by_tiled)
+        pd.testing.assert_frame_equal(direct.read(["wcmBeam", "species"]),
+                                      by_tiled[["wcmBeam", "species"]])
+        np.testing.assert_array_equal(direct["fillNumber"].read(),
+                                      by_tiled["fillNumber"].to_numpy())
+
+
+def test_rows_read_and_deleted_in_the_storage_are_tiled_s(tmp_path):
+    archive = ArchiveURI.parse(f"sqlite:///{tmp_path / 'archive.db'}")
+    import adbc_driver_sqlite.dbapi
+
+    with tiled_client(sql_catalog(archive)) as (client, _):
+        node = client.create_appendable_table(SCHEMA, key="t")
+        node.append_partition(0, page(0, 30))
+        where = tiled_internals.table_location(node)
+        with contextlib.closing(adbc_driver_sqlite.dbapi.connect(str(archive.tables_path))) as db:
+            chunks = list(tiled_internals.read_rows(db, where, SCHEMA, chunk=1))
+            assert pa.concat_tables(chunks).equals(page(0, 30))
+            assert tiled_internals.delete_rows(db, where, limit=20) == 20
+            assert tiled_internals.delete_rows(db, where, limit=20) == 10
+        assert len(node.read()) == 0
+
+
+def test_the_metadata_body_of_a_leafless_node_is_tiled_s():
+    metadata = {"object": "yi2-wcm3", "connected": True, "time": 1_004_000_002.5,
+                "attributes": {"wcmBeam": {"value": 16.4228, "timestamp": 1_004_000_002.5},
+                               "bunches": {"value": [0.5, None, 2.5], "timestamp": 1e9},
+                               "species": {"value": "Au", "timestamp": None}}}
+    tree = MapAdapter({"latest": MapAdapter({"yi2-wcm3": MapAdapter({}, metadata=metadata)})})
+
+    async def ours(request):
+        body, media_type, etag = tiled_internals.node_metadata_body(
+            request, ["latest", request.path_params["name"]], metadata)
+        return Response(body, media_type=media_type, headers={"ETag": etag})
+
+    with tiled_client(tree) as (client, context):
+        context.http_client.app.router.routes.insert(
+            0, Route("/api/v1/metadata/ours/{name}", ours))
+        for accept in ("application/json", "application/x-msgpack", "*/*"):
+            headers = {"Accept": accept}
+            tiled = context.http_client.get("/api/v1/metadata/latest/yi2-wcm3", headers=headers)
+            mine = context.http_client.get("/api/v1/metadata/ours/yi2-wcm3", headers=headers)
+            assert tiled.status_code == mine.status_code == 200
+            assert mine.headers["content-type"] == tiled.headers["content-type"]
+            assert mine.content == tiled.content  # byte for byte
+        body = msgpack.unpackb(mine.content) if "msgpack" in accept else mine.json()
+        assert body["data"]["attributes"]["metadata"] == metadata
+        assert client["latest"]["yi2-wcm3"].metadata == metadata
+
+
+# Tiled's modules below its public API (clients, queries, adapters, structures, config,
+# build_app, tiled.catalog.from_uri), and the imports of them still outside tiled_internals
+# (file, module): the latest route's, and the server's logging config.
+PRIVATE = re.compile(r"^\s*(?:from|import) (tiled\.(?:server\.(?!app\b)\w+|catalog\.\w+|"
+                     r"alembic_utils|links|utils|storage|serialization)\b)", re.MULTILINE)
+NOT_YET: set[tuple[str, str]] = set()
+
+
+def test_only_tiled_internals_imports_tiled_s_insides():
+    found = {(str(path.relative_to(ROOT)), module)
+             for folder in ("catalog", "warden", "plans", "warden_devices")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             if path.name != "tiled_internals.py"
+             for module in PRIVATE.findall(path.read_text())}
+    assert found - NOT_YET == set()
