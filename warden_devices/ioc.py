@@ -31,18 +31,14 @@ CA_TYPES = {float: ChannelType.DOUBLE, int: ChannelType.LONG, str: ChannelType.S
 
 
 def attribute_pv(attr: Attribute) -> pvproperty:
-    """The read-only PV of one declared attribute."""
-    zero = attr.dtype() if attr.dtype is not None else 0.0
-    kwargs = {"dtype": CA_TYPES[attr.dtype or float], "doc": attr.doc, "read_only": True}
-    if attr.shape:
-        kwargs.update(value=[zero] * attr.shape[0], max_length=attr.shape[0])
-    else:
-        kwargs.update(value=zero)
-    if attr.dtype is not str:
-        kwargs.update(units=attr.units)
+    """The read-only PV of one declared attribute, with its units and precision."""
+    dtype = attr.dtype or float
+    length = attr.shape[0] if attr.shape else None
+    display = {} if dtype is str else {"units": attr.units}
     if attr.precision is not None:
-        kwargs.update(precision=attr.precision)
-    return pvproperty(**kwargs)
+        display["precision"] = attr.precision
+    return pvproperty(value=[dtype()] * length if length else dtype(), max_length=length,
+                      dtype=CA_TYPES[dtype], read_only=True, doc=attr.doc, **display)
 
 
 def object_group(otype: ObjectType) -> type[PVGroup]:
