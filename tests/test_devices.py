@@ -92,6 +92,19 @@ def test_every_attribute_describes_its_declared_units_and_kind(devices):
         dev.destroy()
 
 
+def test_stream_data_keys_carry_the_units_the_ioc_serves(devices):
+    """The descriptor of an object's stream (what plots read units from) carries them."""
+    from plans.buffer import ConnectionLog, ObjectBuffer
+
+    wcm = next(d for d in devices if d.name == "yi2-wcm3")
+    buffer = ObjectBuffer(wcm, False, ConnectionLog(time.time))
+    buffer.add_reading(wcm.read())
+    keys = buffer.describe_collect()
+    assert {a: (k["units"], k["precision"]) for a, k in keys.items()} == {
+        "wcmBeam": ("10^11 p", 4), "bunchIntensity": ("10^11 p", 5)}
+    assert keys["bunchIntensity"]["shape"] == [N_BUCKETS]
+
+
 def test_pv_names_follow_prefix_and_attribute(devices):
     wcm = next(d for d in devices if d.name == "yi2-wcm3")
     assert pv_names(wcm) == {
