@@ -68,8 +68,7 @@ class ObjectType:
 
 P = "10^11 p"  # beam intensity: 10^11 protons
 
-#         Attribute(name, dtype, units, precision, kind, shape=..., doc=...)
-
+# Each line: Attribute(name, dtype, units, precision, kind, shape=..., doc=...)
 RING_SPEC = ObjectType("ringSpec", "A ring's specification: energy, fill number, species and "
                        "machine state.", (
     Attribute("beamEnergy", float, "GeV", 3, "hinted", doc="beam energy"),
