@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 import tzlocal
-from event_model import pack_event_page
+from event_model import DocumentRouter
 
 from .query import Archive, parse_day
 
@@ -259,8 +259,8 @@ class _Stream(NamedTuple):
     path: Path
 
 
-class AsciiDayWriter:
-    """A ``(name, doc)`` callback writing the daily ASCII files of the runs it sees.
+class AsciiDayWriter(DocumentRouter):
+    """A document router writing the daily ASCII files of the runs it sees.
 
     Parameters
     ----------
@@ -275,11 +275,13 @@ class AsciiDayWriter:
     write that fails is logged and counted in ``errors``; it never stops the caller.
     Subscribe it to the RunEngine directly (a page costs one ``os.write``) or behind a queue
     that keeps pages as they are: merging pages reorders lines against :func:`export_day`.
+    Event pages are written as pages; a lone event is written as a page of one row.
     """
 
     def __init__(
         self, directory: str | Path, prefix: str = "rhicdata", zone: ZoneInfo | None = None
     ):
+        super().__init__()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
@@ -294,21 +296,13 @@ class AsciiDayWriter:
         """The file of archive ``day``."""
         return self.directory / day_file_name(self.prefix, day)
 
-    def __call__(self, name: str, doc: dict) -> None:
-        handler = {
-            "start": self._start,
-            "descriptor": self._descriptor,
-            "event_page": self._event_page,
-            "event": self._event,
-            "stop": self._stop,
-        }.get(name)
-        if handler is None:
-            return
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         try:
-            handler(doc)
+            return super().__call__(name, doc, validate)
         except Exception:  # noqa: BLE001 - the ASCII file must never stop the monitoring
             self.errors += 1
             log.exception("ASCII day file: writing %s failed", name)
+            return name, doc
 
     def close(self) -> None:
         """Close the open files (a later page of an open run reopens its file)."""
@@ -317,12 +311,12 @@ class AsciiDayWriter:
         self._fds.clear()
 
     # -- documents ---------------------------------------------------------------------------
-    def _start(self, doc: dict) -> None:
+    def start(self, doc: dict) -> None:
         day = doc.get("day") or dt.datetime.fromtimestamp(doc["time"], self.zone).date()
         self._runs[doc["uid"]] = path = self.path(day)
         self._fd(path)  # the day's file exists from the start of its run
 
-    def _descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: dict) -> None:
         path = self._runs.get(doc["run_start"])
         if path is None:
             log.warning("ASCII day file: stream %r of a run started before me", doc["name"])
@@ -330,7 +324,7 @@ class AsciiDayWriter:
         obj = None if doc["name"] in SKIPPED_STREAMS else doc["name"]
         self._streams[doc["uid"]] = _Stream(doc["run_start"], obj, doc["data_keys"], path)
 
-    def _event_page(self, doc: dict) -> None:
+    def event_page(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
         if stream is None or stream.obj is None:
             return
@@ -339,10 +333,7 @@ class AsciiDayWriter:
         _write_all(self._fd(stream.path), text.encode("utf-8"))
         self.lines += len(doc["seq_num"]) * sum(a in data for a in stream.data_keys)
 
-    def _event(self, doc: dict) -> None:
-        self._event_page(pack_event_page(doc))
-
-    def _stop(self, doc: dict) -> None:
+    def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
         path = self._runs.pop(uid, None)
         self._streams = {d: s for d, s in self._streams.items() if s.run != uid}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from event_model import DocumentRouter
 
 from .uri import ArchiveURI
 
@@ -243,24 +244,27 @@ class MongoBackend:
             self.database.client.close()
 
 
-class MongoRunSink:
+class MongoRunSink(DocumentRouter):
     """suitcase-mongo's serializer, made safe to write the same documents again (the spool
     replays them): documents whose uid is stored are skipped. Events are checked only for
     streams this sink did not start, or after a failed write (:meth:`resync`)."""
 
     def __init__(self, serializer, database):
+        super().__init__()
         self.serializer, self.db = serializer, database
         self._known: set[str] = set()  # descriptor uids whose stored events we know
 
-    def __call__(self, name: str, doc: dict) -> None:
-        if name in ("start", "descriptor", "stop"):
-            collection, key = {"start": ("run_start", "uid"), "descriptor":
-                               ("event_descriptor", "uid"), "stop": ("run_stop", "run_start")}[name]
-            if self.db[collection].find_one({key: doc[key]}, {"_id": 1}) is not None:
-                return
-            if name == "descriptor":
-                self._known.add(doc["uid"])
-        elif name == "event_page" and doc["descriptor"] not in self._known:
+    def start(self, doc: dict) -> None:
+        if not self._stored("run_start", "uid", doc):
+            self.serializer("start", doc)
+
+    def descriptor(self, doc: dict) -> None:
+        if not self._stored("event_descriptor", "uid", doc):
+            self._known.add(doc["uid"])
+            self.serializer("descriptor", doc)
+
+    def event_page(self, doc: dict) -> None:
+        if doc["descriptor"] not in self._known:
             stored = {e["uid"] for e in self.db["event"].find({"uid": {"$in": doc["uid"]}},
                                                                   {"uid": 1})}
             if stored:
@@ -270,12 +274,18 @@ class MongoRunSink:
                 from .writer import rows_where
 
                 doc = rows_where(doc, keep)
-        self.serializer(name, doc)
-        if name == "event_page":
-            self._known.add(doc["descriptor"])
+        self.serializer("event_page", doc)
+        self._known.add(doc["descriptor"])
+
+    def stop(self, doc: dict) -> None:
+        if not self._stored("run_stop", "run_start", doc):
+            self.serializer("stop", doc)
 
     def resync(self) -> None:
         self._known.clear()
+
+    def _stored(self, collection: str, key: str, doc: dict) -> bool:
+        return self.db[collection].find_one({key: doc[key]}, {"_id": 1}) is not None
 
 
 def validate_shape(key: str, data: np.ndarray, expected_shape: tuple, uid=None) -> np.ndarray:

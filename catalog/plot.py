@@ -12,8 +12,8 @@ What is drawn
   panel and a legend; every attribute without a unit gets a panel of its own.
 * Times on the x axis are local times of the facility zone (``archive.zone``), and the axis
   stays within the day (a value that stood still since yesterday starts at midnight).
-* Units come from :data:`UNITS` (the archive's data keys carry none today), then from the
-  stream's data keys for attributes the table does not know.
+* Units come from the stream's data keys (``units``, as the devices described them when the
+  run started); an attribute without units gets a panel of its own.
 * Where the object was disconnected (``archive.connections``) the line is broken and the
   interval is shaded. A disconnect that is never followed by a reconnect lasts until now on
   today, until midnight on a past day.
@@ -47,25 +47,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .query import Archive, QueryError, parse_day
-
-#: Units of the RHIC attributes, as a person reads them ("" means a pure number).
-UNITS: dict[str, str] = {
-    "wcmBeam": "10^11 p",
-    "bunchIntensity": "10^11 p",
-    "dvmBeam": "10^11 p",
-    "beamEnergy": "GeV",
-    "fillNumber": "",
-    "luminosity": "cm^-2 s^-1",
-    "betaStar": "m",
-    "collisionRate": "Hz",
-    "counts": "counts",
-    "rates": "Hz",
-    "polarization": "",
-    "polarizationError": "",
-    "asymmetryX": "",
-    "asymmetryY": "",
-    "measurementNumber": "",
-}
 
 MIN_PX, MAX_PX = 200, 8000
 GAP_COLOR = "#d62728"
@@ -122,7 +103,8 @@ def plot_day(
     df = archive.day(obj, d)
     gaps = disconnected_intervals(archive, obj, d)
     series = day_series(df, attrs, obj)
-    units = {s.label: unit_of(archive, obj, d, s.attr) for s in series}
+    known = day_units(archive, obj, d)
+    units = {s.label: known.get(s.attr, "") for s in series}
     zone = archive.zone
 
     if ax is not None:
@@ -262,20 +244,25 @@ def disconnected_intervals(
     return out
 
 
-def unit_of(archive: Archive, obj: str, day: dt.date, attr: str) -> str:
-    """The unit of ``attr``: from :data:`UNITS`, else the stream's data key, else ``""``."""
-    attr = attr.removeprefix("Σ ")
-    if attr in UNITS:
-        return UNITS[attr]
+def day_units(archive: Archive, obj: str, day: str | dt.date) -> dict[str, str]:
+    """``{attribute: units}`` of ``obj`` on ``day``, from its streams' data keys (the first
+    run that gives an attribute units wins); an attribute without units is left out."""
+    day = parse_day(day)
+    units: dict[str, str] = {}
     try:
         from tiled.queries import Key
 
         for run in archive.catalog.search(Key("start.day") == day.isoformat()).values():
-            if obj in run:
-                return str(run[obj].metadata["data_keys"].get(attr, {}).get("units") or "")
+            if obj not in run:
+                continue
+            md = run[obj].metadata
+            keys = md.get("data_keys") or md["descriptors"][0]["data_keys"]  # SQL, MongoDB
+            for attr, key in keys.items():
+                if key.get("units") and attr not in units:
+                    units[attr] = str(key["units"])
     except Exception:  # noqa: BLE001 - a unit is a nicety, never a failure
         pass
-    return ""
+    return units
 
 
 # -- drawing ------------------------------------------------------------------------------------

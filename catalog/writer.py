@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from event_model import merge_event_pages
+from event_model import DocumentRouter, merge_event_pages
 from tiled.structures.core import Spec
 
 from .direct import DirectTables
@@ -31,7 +31,7 @@ from .spool import READ_BYTES, Position, SpoolReader, encode
 log = logging.getLogger(__name__)
 
 
-class TiledRunSink:
+class TiledRunSink(DocumentRouter):
     """Write documents into a Tiled container (the archive root) over its client API.
 
     Writing the same documents again changes nothing (the spool replays them after an outage
@@ -41,16 +41,17 @@ class TiledRunSink:
     """
 
     def __init__(self, root, direct: DirectTables | None = None):
+        super().__init__()
         self.root = root
         self.direct = direct  # append table rows straight into the SQL storage
         self._runs: dict[str, Any] = {}
         self._fresh: set[str] = set()  # runs this sink made and nothing failed since
         self._streams: dict[str, _Stream] = {}  # by descriptor uid
 
-    def __call__(self, name: str, doc: dict) -> None:
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if name != "event_page":
             self.flush()  # rows appended so far land before the run's nodes change
-        getattr(self, name, _ignore)(doc)
+        return super().__call__(name, doc, validate)
 
     def flush(self) -> None:
         """Commit the rows appended straight into the tables (the writer calls it at the end
@@ -224,10 +225,6 @@ def rows_where(page: dict, keep: np.ndarray) -> dict:
         "data": {k: pick(v) for k, v in page["data"].items()},
         "timestamps": {k: pick(v) for k, v in page["timestamps"].items()},
     }
-
-
-def _ignore(doc: dict) -> None:
-    return None
 
 
 class SpooledWriter:

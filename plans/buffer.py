@@ -216,10 +216,13 @@ class ObjectBuffer:
 
     # -- Collectable -------------------------------------------------------------------------
     def describe_collect(self) -> dict[str, dict]:
+        """Data keys from the values held, with the units and precision that each signal
+        describes (served by the IOC, or declared for simulated and Tango objects)."""
         with self._lock:
             current = dict(self._current)
         return {
-            attr: data_key(f"PV:{self.device.prefix}{attr}", current[attr][0])
+            attr: {**data_key(f"PV:{self.device.prefix}{attr}", current[attr][0]),
+                   **_display(self._signals[attr])}
             for attr in self.attributes
         }
 
@@ -236,6 +239,16 @@ class ObjectBuffer:
         data = {attr: [_plain(row[attr][0]) for _, row in rows] for attr in self.attributes}
         stamps = {attr: [row[attr][1] for _, row in rows] for attr in self.attributes}
         yield {"data": data, "timestamps": stamps}
+
+
+def _display(signal: Any) -> dict[str, Any]:
+    """``units`` (if any) and ``precision`` (if known) of ``signal``'s description."""
+    try:
+        desc = signal.describe()[signal.name]
+    except Exception:  # noqa: BLE001 - disconnected since its last value: no display info
+        return {}
+    out = {"units": desc.get("units"), "precision": desc.get("precision")}
+    return {k: v for k, v in out.items() if v not in (None, "")}
 
 
 def _plain(value: Any) -> Any:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
-import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-import event_model
 from bluesky.utils import Msg, MsgGenerator
 
 from .buffer import HOLD, ConnectionLog, ObjectBuffer
 from .clock import Clock
 from .exchange import Exchange, ExchangeLog, exchange_once
+from .patches import cached_protocol_checks, light_page_validation
 
 log = logging.getLogger(__name__)
 STOP_CHECK = 0.5  # real seconds between two looks at the stop request
@@ -84,9 +81,9 @@ def flush(collectables: Sequence, declared: set[str]) -> MsgGenerator[None]:
             yield from bps.declare_stream(obj, name=obj.name, collect=True)
             declared.add(obj.name)
         # the message bps.collect yields, without its @plan wrapper: that formats the call
-        # stack on every call (for a "never iterated" warning), which was 28% of the
-        # RunEngine's time at 1,000 objects flushed twice a second. The same per object below
-        # (trigger, read); stubs called once per flush or period are used as they are.
+        # stack on every call (for a "never iterated" warning), 28% of the RunEngine's time
+        # at 1,000 objects flushed twice a second. The same per object in read_group (trigger,
+        # read); stubs called once per flush or period are used as they are.
         yield Msg("collect", obj, stream=False, return_payload=False, name=obj.name)
 
 
@@ -149,60 +146,6 @@ def monitor_day(
     return (yield from inner())
 
 
-class _PageShapeValidator:
-    """What event-model's jsonschema checks of an event page, at a fraction of its cost."""
-
-    def validate(self, doc: dict) -> None:
-        n = len(doc["seq_num"])
-        columns = [doc["time"], doc["uid"], *doc["data"].values(), *doc["timestamps"].values()]
-        if any(len(column) != n for column in columns) or set(doc["data"]) != set(
-            doc["timestamps"]
-        ):
-            raise event_model.EventModelValidationError("event page columns do not match")
-
-
-@contextlib.contextmanager
-def light_page_validation() -> Iterator[None]:
-    """Check event pages' shape instead of validating each against the JSON schema.
-
-    ``bps.collect`` composes every page with event-model's jsonschema validation, which costs
-    about 0.5 ms per page: 80 % of the RunEngine's time when thousands of objects flush twice
-    a second (benchmarks/README.md). The pages come from our own buffers; the key sets are
-    still checked by event-model against the descriptor.
-    """
-    validators = event_model.schema_validators
-    name = event_model.DocumentNames.event_page
-    saved, validators[name] = validators[name], _PageShapeValidator()
-    try:
-        yield
-    finally:
-        validators[name] = saved
-
-
-@contextlib.contextmanager
-def cached_protocol_checks() -> Iterator[None]:
-    """Remember the attributes of each ``typing.Protocol`` class (Python < 3.12).
-
-    The RunEngine checks every object it collects against bluesky's runtime protocols
-    (``Collectable``, ``EventPageCollectable``, ``WritesStreamAssets`` ...), five to eight
-    ``isinstance`` calls per ``collect``. On Python 3.11 each call walks the protocol's
-    class dictionaries again: 10 % of the service's interpreter time at 1,000 objects
-    flushed twice a second (py-spy, benchmarks/README.md). Python 3.12 computes them once
-    per class; this does the same on 3.11.
-    """
-    if sys.version_info >= (3, 12):
-        yield
-        return
-    import typing
-
-    saved = typing._get_protocol_attrs
-    typing._get_protocol_attrs = functools.cache(saved)
-    try:
-        yield
-    finally:
-        typing._get_protocol_attrs = saved
-
-
 def monitor_objects(
     buffers: Sequence[ObjectBuffer],
     connections: ConnectionLog,
@@ -249,8 +192,8 @@ def monitor_objects(
             yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md,
                                    exchanges, exchange_log)
 
-    # Not rewindable: the RunEngine keeps every message since the last checkpoint, to replay
-    # them after a pause. This plan has no checkpoint (replaying a collect would archive
-    # nothing again), so the RunEngine kept every message of the service's life: 5 MB per
-    # million values archived (benchmarks/README.md, memory).
-    return (yield from bpp.rewindable_wrapper(inner(), False))
+    # Not rewindable: the RunEngine would keep every message since the last checkpoint, to
+    # replay them after a pause, and this plan has no checkpoint (replaying a collect would
+    # archive nothing again): 5 MB per million values archived (benchmarks/README.md, memory).
+    with light_page_validation(), cached_protocol_checks():  # while it runs (plans.patches)
+        return (yield from bpp.rewindable_wrapper(inner(), False))

@@ -141,6 +141,21 @@ def test_writer_skips_connection_and_appends_runs_of_the_same_day(tmp_path):
     assert lines[2].value == 'a, "quoted"\nnote'
 
 
+def test_a_lone_event_writes_the_lines_of_a_page_of_one_row(tmp_path):
+    from event_model import unpack_event_page
+
+    pages = list(documents("2001-11-06", pages=2))
+    as_pages, as_events = AsciiDayWriter(tmp_path / "p", "rhicdata", ZONE), AsciiDayWriter(
+        tmp_path / "e", "rhicdata", ZONE)
+    for name, doc in pages:
+        as_pages(name, doc)
+        for event in unpack_event_page(doc) if name == "event_page" else [doc]:
+            as_events("event" if name == "event_page" else name, event)
+    assert as_events.errors == as_pages.errors == 0 and as_events.lines == as_pages.lines > 0
+    file = "rhicdata.Nov062001.dat"
+    assert (tmp_path / "e" / file).read_bytes() == (tmp_path / "p" / file).read_bytes()
+
+
 KILLED_WRITER = """
 import sys
 from zoneinfo import ZoneInfo

@@ -14,9 +14,10 @@ from warden_devices.build import build_device, pv_names
 from warden_devices.machine import N_BUCKETS, PEAK_CURRENT
 
 
-def devices_from(config_path, prefix: str = ""):
-    config = load_config(config_path)
-    return [build_device(o.name, o.type, prefix + o.pv_prefix, o.source) for o in config.objects]
+def devices_from(config_path, prefix: str = "", limit: int | None = None):
+    """The devices of the first ``limit`` objects of a config (all by default)."""
+    objects = load_config(config_path).objects[:limit]
+    return [build_device(o.name, o.type, prefix + o.pv_prefix, o.source) for o in objects]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,43 @@ def test_monitor_updates_arrive(devices):
     assert sorted(set(seen)) == sorted(set(seen), key=float)
 
 
+def test_every_attribute_describes_its_declared_units_and_kind(devices):
+    """What the table declares reaches the data keys through describe(): served by the IOC
+    for EPICS devices, declared for simulated ones."""
+    from warden_devices.rhic import OBJECT_TYPES
+
+    config = load_config(EXAMPLE)
+    sims = [build_device(o.name, o.type, o.pv_prefix, "sim") for o in config.objects]
+    for epics, sim, obj in zip(devices, sims, config.objects, strict=True):
+        declared = OBJECT_TYPES[obj.type].attributes
+        assert epics.attributes == sim.attributes == [a.name for a in declared]
+        for attr in declared:
+            for dev in (epics, sim):
+                key = getattr(dev, attr.name).describe()[f"{dev.name}_{attr.name}"]
+                if attr.dtype is not str:
+                    assert key["units"] == attr.units, (dev.name, attr.name)
+                if attr.precision is not None:
+                    assert key["precision"] == attr.precision, (dev.name, attr.name)
+                assert getattr(dev, attr.name).kind.name == attr.kind, (dev.name, attr.name)
+        hinted = {a.name for a in declared if a.kind == "hinted"}
+        assert set(epics.hints["fields"]) == {f"{epics.name}_{a}" for a in hinted}
+    for dev in sims:
+        dev.destroy()
+
+
+def test_stream_data_keys_carry_the_units_the_ioc_serves(devices):
+    """The descriptor of an object's stream (what plots read units from) carries them."""
+    from plans.buffer import ConnectionLog, ObjectBuffer
+
+    wcm = next(d for d in devices if d.name == "yi2-wcm3")
+    buffer = ObjectBuffer(wcm, False, ConnectionLog(time.time))
+    buffer.add_reading(wcm.read())
+    keys = buffer.describe_collect()
+    assert {a: (k["units"], k["precision"]) for a, k in keys.items()} == {
+        "wcmBeam": ("10^11 p", 4), "bunchIntensity": ("10^11 p", 5)}
+    assert keys["bunchIntensity"]["shape"] == [N_BUCKETS]
+
+
 def test_pv_names_follow_prefix_and_attribute(devices):
     wcm = next(d for d in devices if d.name == "yi2-wcm3")
     assert pv_names(wcm) == {
@@ -88,7 +126,7 @@ def test_pyepics_caget_reads_the_sim_ioc(sim_ioc):
 def test_devices_report_disconnected_when_the_ioc_dies():
     prefix = fresh_prefix()
     ioc = SimIOC(KILL_PORT, prefix=prefix).start()
-    devs = devices_from(EXAMPLE, prefix=prefix)[:3]
+    devs = devices_from(EXAMPLE, prefix=prefix, limit=3)
     try:
         for dev in devs:
             dev.wait_for_connection(timeout=10)
@@ -101,6 +139,17 @@ def test_devices_report_disconnected_when_the_ioc_dies():
         ioc.kill()
         for dev in devs:
             dev.destroy()
+
+
+def test_the_model_and_the_ioc_give_every_declared_attribute_and_nothing_else():
+    from warden_devices.ioc import all_pvnames, make_ioc
+    from warden_devices.machine import EXCHANGE_PVS, RHIC_OBJECTS, RhicMachine
+    from warden_devices.rhic import OBJECT_TYPES
+
+    declared = {f"{name}:{a.name}" for name, otype, _ in RHIC_OBJECTS
+                for a in OBJECT_TYPES[otype].attributes}
+    assert set(RhicMachine().values(1_700_000_500.0)) == declared
+    assert set(all_pvnames(make_ioc())) == declared | set(EXCHANGE_PVS) | {"sim:tick"}
 
 
 def test_sim_ioc_lists_its_pvs():
@@ -133,7 +182,7 @@ def test_reconnect_watch_recreates_lost_channels_once_when_their_ioc_answers():
     prefix = fresh_prefix()
     ioc = SimIOC(KILL_PORT, prefix=prefix).start()
     other = SimIOC(KILL_PORT, prefix=fresh_prefix())
-    devs = devices_from(EXAMPLE, prefix=prefix)[:2]
+    devs = devices_from(EXAMPLE, prefix=prefix, limit=2)
     watch = ReconnectWatch(channels_of(devs), period=0.2)
     n = len(watch.pvs)
     try:

@@ -76,6 +76,8 @@ def test_tango_device_reads_events_and_polls(tango_device):
         wait_for(lambda: dev.connected, timeout=10)
         assert isinstance(dev.wcmBeam.get(), float)
         assert dev.bunchIntensity.get().shape == (120,)
+        key = dev.wcmBeam.describe()["yi2-wcm3_wcmBeam"]
+        assert (key["units"], key["precision"]) == ("10^11 p", 4)  # as declared
         seen = []
         dev.wcmBeam.subscribe(lambda value, **kw: seen.append(value), run=False)
         wait_for(lambda: len(seen) >= 3, timeout=10)  # change events
@@ -109,6 +111,10 @@ def test_tango_objects_are_monitored_archived_and_exchanged(tmp_path, tango_devi
         df = archive.day("yi2-wcm3", today)
         assert df["wcmBeam"].is_monotonic_decreasing
         assert np.stack(df["bunchIntensity"].to_list()).shape[1] == 120
+        from catalog.plot import day_units
+
+        units = day_units(archive, "yi2-wcm3", dt.date.fromisoformat(today))
+        assert units == {"wcmBeam": "10^11 p", "bunchIntensity": "10^11 p"}  # for plots
     finally:
         service.stop()
         runner.join(timeout=30)

@@ -1,6 +1,7 @@
 """The simulated RHIC upstream: a caproto Channel Access server.
 
-One ``PVGroup`` per object type mirrors the Ophyd devices of :mod:`warden_devices.rhic`;
+One ``PVGroup`` per object type, made from its declaration in :mod:`warden_devices.rhic`
+(a read-only ``pvproperty`` per attribute, with its type, units and precision);
 :class:`RhicIOC` places one of each RHIC object at its prefix and drives all values from
 :class:`~warden_devices.machine.RhicMachine`.
 """
@@ -13,60 +14,46 @@ import time
 from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty, run
 
-from .machine import EXCHANGE_PVS, MAGNET_STATES, N_BUCKETS, SIS_CHANNELS, RhicMachine, same_value
+from .machine import EXCHANGE_PVS, MAGNET_STATES, RhicMachine, same_value
+from .rhic import (
+    DVM_CONTROL,
+    IR_SPEC,
+    POLARIMETER,
+    RING_SPEC,
+    SIS_SCALER,
+    WCM_CONTROL,
+    Attribute,
+    ObjectType,
+)
 
 STRING = ChannelType.STRING
+CA_TYPES = {float: ChannelType.DOUBLE, int: ChannelType.LONG, str: ChannelType.STRING}
 
 
-class RingSpecGroup(PVGroup):
-    """ringSpec: a ring's energy, fill number, species and state."""
-
-    beamEnergy = pvproperty(value=0.0, read_only=True, units="GeV", precision=3)
-    fillNumber = pvproperty(value=0, read_only=True)
-    species = pvproperty(value="p", dtype=STRING, read_only=True)
-    ringState = pvproperty(value="Dump", dtype=STRING, read_only=True)
-
-
-class IrSpecGroup(PVGroup):
-    """irSpec: an interaction region's luminosity, beta* and collision rate."""
-
-    luminosity = pvproperty(value=0.0, read_only=True, units="cm-2s-1")
-    betaStar = pvproperty(value=10.0, read_only=True, units="m")
-    collisionRate = pvproperty(value=0.0, read_only=True, units="Hz")
+def attribute_pv(attr: Attribute) -> pvproperty:
+    """The read-only PV of one declared attribute, with its units and precision."""
+    dtype = attr.dtype or float
+    length = attr.shape[0] if attr.shape else None
+    display = {} if dtype is str else {"units": attr.units}
+    if attr.precision is not None:
+        display["precision"] = attr.precision
+    return pvproperty(value=[dtype()] * length if length else dtype(), max_length=length,
+                      dtype=CA_TYPES[dtype], read_only=True, doc=attr.doc, **display)
 
 
-class WcmGroup(PVGroup):
-    """WcmControl: wall-current monitor, total current and 120 bunch intensities."""
-
-    wcmBeam = pvproperty(value=0.0, read_only=True, units="1e11", precision=4)
-    bunchIntensity = pvproperty(
-        value=[0.0] * N_BUCKETS, max_length=N_BUCKETS, read_only=True, units="1e11"
-    )
+def object_group(otype: ObjectType) -> type[PVGroup]:
+    """A PVGroup class serving one object of ``otype``: one PV per attribute."""
+    body = {attr.name: attribute_pv(attr) for attr in otype.attributes}
+    body["__doc__"] = f"{otype.name}: {otype.doc}"
+    return type(f"{otype.name[:1].upper()}{otype.name[1:]}Group", (PVGroup,), body)
 
 
-class DvmGroup(PVGroup):
-    """DvmControl: DC beam-current transformer."""
-
-    dvmBeam = pvproperty(value=0.0, read_only=True, units="1e11", precision=4)
-
-
-class SisScalerGroup(PVGroup):
-    """SisScaler: 16 channel counts and rates."""
-
-    counts = pvproperty(value=[0.0] * SIS_CHANNELS, max_length=SIS_CHANNELS, read_only=True)
-    rates = pvproperty(
-        value=[0.0] * SIS_CHANNELS, max_length=SIS_CHANNELS, read_only=True, units="Hz"
-    )
-
-
-class PolarimeterGroup(PVGroup):
-    """Polarimeter: one measurement every few minutes."""
-
-    polarization = pvproperty(value=0.0, read_only=True)
-    polarizationError = pvproperty(value=0.0, read_only=True)
-    asymmetryX = pvproperty(value=0.0, read_only=True)
-    asymmetryY = pvproperty(value=0.0, read_only=True)
-    measurementNumber = pvproperty(value=0, read_only=True)
+RingSpecGroup = object_group(RING_SPEC)
+IrSpecGroup = object_group(IR_SPEC)
+WcmGroup = object_group(WCM_CONTROL)
+DvmGroup = object_group(DVM_CONTROL)
+SisScalerGroup = object_group(SIS_SCALER)
+PolarimeterGroup = object_group(POLARIMETER)
 
 
 class RhicIOC(PVGroup):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_BUCKETS = 120
+from .rhic import N_BUCKETS, SIS_CHANNELS
+
 FILLED_BUCKETS = 111  # the last 9 buckets are the abort gap
 INJECTION_ENERGY = 9.8
 STORE_ENERGY = 100.0
@@ -38,7 +39,6 @@ EXCHANGE_PVS = {
 }
 MAGNET_STATES = ("ON", "OFF", "STANDBY", "RAMPING")
 
-SIS_CHANNELS = 16
 PEAK_CURRENT = {"yellow": 110.0, "blue": 104.0}  # 10^11 protons
 
 

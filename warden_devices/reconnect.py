@@ -10,18 +10,21 @@ it answers, re-creates those channels, which libca searches for at once (32 ms).
 
 Channels that never connected are left to libca's own search: they have no IOC to knock
 on, and searching them faster would only flood the network.
+
+pyepics has no call that gives a PV a fresh channel (``PV.reconnect`` keeps the old one;
+pyepics/pyepics#68), so :func:`recreate_channel` does it with its public channel functions
+(``ca.clear_channel``, ``ca.create_channel``, ``ca.replace_access_rights_event``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
 
-from epics import ca, dbr
+from epics import ca
 from ophyd import Device
 from ophyd.signal import EpicsSignalBase
 
@@ -43,23 +46,24 @@ def channels_of(signals: Iterable) -> list:
 
 
 def recreate_channel(pv) -> None:
-    """Clear a disconnected PV's channel and create it anew under the same PV object, so
-    libca searches for it at once; its monitor is re-made when it connects."""
-    pv._clear_auto_monitor_subscription()  # before the channel: clearing it frees the monitor
-    old = dbr.chid_t(ca._chid_to_int(pv.chid))
-    entry = ca._chid_cache.pop(old.value, None)
-    ca.libca.ca_clear_channel(old)
-    if entry is None:  # pyepics no longer knows it (the PV was disconnected by its owner)
+    """Clear a disconnected PV's channel and create it anew for the same PV object, so libca
+    searches for it at once; the PV subscribes its monitor again when it connects.
+
+    Only pyepics' public channel functions are used, with the connection and access-rights
+    callbacks of the old channel (those of every PV object sharing it) moved to the new one.
+    """
+    entry = ca.get_cache(pv.pvname)
+    if entry is None or entry.chid is None:  # its owner disconnected the PV: leave it
         return
-    new = dbr.chid_t()
-    ca.PySEVCHK("create_channel", ca.libca.ca_create_channel(
-        ctypes.c_char_p(pv.pvname.encode()), ca._CB_CONNECT, 0, 0, ctypes.byref(new)))
-    with entry.lock:
-        entry.chid = new
-        entry.conn = False
-        ca._chid_cache[new.value] = entry
-    pv.chid = pv._args["chid"] = new
-    ca.libca.ca_replace_access_rights_event(new, ca._CB_ACCESS)
+    pv._clear_auto_monitor_subscription()  # first: clearing the channel frees the monitor
+    on_connect, on_access = list(entry.callbacks), list(entry.access_event_callback)
+    ca.clear_channel(entry.chid)
+    chid = ca.create_channel(pv.pvname)
+    for callback in on_connect:
+        ca.create_channel(pv.pvname, callback=callback)  # (called at once if connected)
+    for callback in on_access:
+        ca.replace_access_rights_event(chid, callback=callback)
+    pv.chid = chid
     ca.flush_io()
 
 
@@ -88,11 +92,16 @@ class ReconnectWatch:
         self.pvs = pvs
         self.period = period
         self.recreated = 0  # channels re-created so far
+        self._hosts: dict[int, str] = {}  # "host:port" where each PV was last connected
         self._waiting: set[int] = set()  # re-created, not connected since: left to libca
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="warden-reconnect", daemon=True)
 
     def start(self) -> ReconnectWatch:
+        for pv in self.pvs:
+            pv.connection_callbacks.append(self._on_connection)
+            if pv.connected:
+                self._on_connection(pv=pv, conn=True)
         self._thread.start()
         return self
 
@@ -100,6 +109,13 @@ class ReconnectWatch:
         self._stop.set()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=5)
+        for pv in self.pvs:
+            if self._on_connection in pv.connection_callbacks:
+                pv.connection_callbacks.remove(self._on_connection)
+
+    def _on_connection(self, pv, conn: bool, **kwargs) -> None:
+        if conn:
+            self._hosts[id(pv)] = ca.host_name(pv.chid)
 
     def lost(self) -> dict[str, list]:
         """``{"host:port": [PV, ...]}`` of PVs that were connected and are not now (once
@@ -110,7 +126,7 @@ class ReconnectWatch:
             if pv.connected:
                 self._waiting.discard(id(pv))
                 continue
-            host = pv._args.get("host")
+            host = self._hosts.get(id(pv))
             if host and ":" in host and id(pv) not in self._waiting:
                 by_host[host].append(pv)
         return by_host

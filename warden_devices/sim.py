@@ -5,9 +5,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from .build import pv_names
+from ophyd.sim import FakeEpicsSignalRO
+
+from .build import UpstreamObject, pv_names
 from .machine import RhicMachine, same_value
-from .rhic import UpstreamObject
+
+
+class SimAttribute(FakeEpicsSignalRO):
+    """A simulated read-only attribute: a fake EPICS signal with the declared units and
+    precision, which it describes as an EPICS signal does those its IOC serves."""
+
+    def __init__(self, read_pv: str, *, units: str = "", precision: int | None = None,
+                 **kwargs):
+        super().__init__(read_pv, **kwargs)
+        self._metadata.update(units=units, precision=precision)
+
+    def describe(self) -> dict[str, dict]:
+        desc = super().describe()
+        for key in ("units", "precision"):
+            if self._metadata[key] is not None:
+                desc[self.name][key] = self._metadata[key]
+        return desc
 
 
 class SimUpstream:

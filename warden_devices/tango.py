@@ -14,18 +14,23 @@ import threading
 import time
 from typing import Any
 
-from ophyd import FormattedComponent as FCpt
 from ophyd.signal import Signal
 
 log = logging.getLogger(__name__)
 
 
 class TangoAttribute(Signal):
-    """One attribute of a Tango device as an Ophyd signal (writable when ``write_access``)."""
+    """One attribute of a Tango device as an Ophyd signal (writable when ``write_access``).
+
+    ``units`` and ``precision`` are those declared for the attribute; :meth:`describe`
+    carries them, as an EPICS signal's does those its IOC serves.
+    """
 
     poll_period = 1.0
+    _metadata_keys = (*Signal._core_metadata_keys, "status", "severity", "precision", "units")
 
-    def __init__(self, device: str, *, attr: str, write_access: bool = False, **kwargs):
+    def __init__(self, device: str, *, attr: str, write_access: bool = False,
+                 units: str = "", precision: int | None = None, **kwargs):
         super().__init__(**kwargs)
         import tango
 
@@ -36,7 +41,8 @@ class TangoAttribute(Signal):
         self._event_id: int | None = None
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._metadata.update(connected=False, write_access=write_access)
+        self._metadata.update(connected=False, write_access=write_access, units=units,
+                              precision=precision)
         threading.Thread(target=self._connect, daemon=True, name=f"tango-{attr}").start()
 
     # -- connection and updates --------------------------------------------------------------
@@ -83,6 +89,13 @@ class TangoAttribute(Signal):
             self._run_metadata_callbacks()
 
     # -- Signal API --------------------------------------------------------------------------
+    def describe(self) -> dict[str, dict]:
+        desc = super().describe()
+        for key in ("units", "precision"):
+            if self._metadata[key] is not None:
+                desc[self.name][key] = self._metadata[key]
+        return desc
+
     @property
     def connected(self) -> bool:
         return bool(self._metadata["connected"])
@@ -118,21 +131,6 @@ class TangoAttribute(Signal):
             except self._tango.DevFailed:
                 pass
         super().destroy()
-
-
-_cache: dict[type, type] = {}
-
-
-def make_tango_device(cls: type) -> type:
-    """The Tango flavour of an object type: each attribute read from ``<prefix>``'s attribute."""
-    if cls not in _cache:
-        body = {
-            attr: FCpt(TangoAttribute, "{prefix}", attr=getattr(cls, attr).suffix,
-                       kind=getattr(cls, attr).kind)
-            for attr in cls.component_names
-        }
-        _cache[cls] = type(f"Tango{cls.__name__}", (cls,), body)
-    return _cache[cls]
 
 
 def tango_target(name: str) -> TangoAttribute:

@@ -1,0 +1,78 @@
+"""Workarounds for upstream costs, each active only while the monitoring plan runs.
+
+The monitoring plan (:func:`plans.monitor.monitor_objects`) enters both context managers
+around its runs; everything is put back when the plan ends, fails or is aborted, so other plans
+of the same RunEngine and the rest of the process see the libraries as they are. Each patch
+goes once its upstream issue is fixed in the versions we support.
+
+Event-page validation (:func:`light_page_validation`)
+    bluesky composes every collected event page with event-model's ``ComposeEventPage``,
+    which validates the page against the JSON schema (bluesky/bluesky#1579, with no way to
+    opt out; bluesky/bluesky#57 left making validation optional for later). That is about
+    0.5 ms a page, 80 % of the RunEngine's time when a thousand objects flush twice a
+    second. The pages come from our own buffers: checking their shape is enough, and
+    event-model still checks the keys against the descriptor.
+
+Runtime protocol checks (:func:`cached_protocol_checks`)
+    The RunEngine checks every object it collects against bluesky's runtime-checkable
+    protocols, five to eight ``isinstance`` calls a ``collect``. Python 3.11 walks each
+    protocol's class dictionaries again on every call (python/cpython#74690, fixed in 3.12
+    by python/cpython#103160): 10 % of the service's interpreter time at a thousand objects.
+    On 3.11 the walk is cached for the run; on 3.12 and later nothing is patched.
+
+Not a patch: :mod:`warden_devices.reconnect` re-creates the channels of a restarted IOC
+through pyepics' public channel functions, because libca finds them only on its slow
+beacon-anomaly search timer and pyepics has no call that gives a PV a fresh channel
+(pyepics/pyepics#68).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
+
+import event_model
+
+
+class _PageShapeValidator:
+    """What event-model's JSON schema checks of an event page's columns, at a fraction of
+    its cost."""
+
+    def validate(self, doc: dict) -> None:
+        n = len(doc["seq_num"])
+        columns = [doc["time"], doc["uid"], *doc["data"].values(), *doc["timestamps"].values()]
+        if any(len(column) != n for column in columns) or set(doc["data"]) != set(
+            doc["timestamps"]
+        ):
+            raise event_model.EventModelValidationError("event page columns do not match")
+
+
+@contextlib.contextmanager
+def light_page_validation() -> Iterator[None]:
+    """Check event pages' shape instead of validating each against the JSON schema."""
+    validators = event_model.schema_validators
+    name = event_model.DocumentNames.event_page
+    saved, validators[name] = validators[name], _PageShapeValidator()
+    try:
+        yield
+    finally:
+        validators[name] = saved
+
+
+@contextlib.contextmanager
+def cached_protocol_checks() -> Iterator[None]:
+    """Remember the attributes of each ``typing.Protocol`` class (Python < 3.12)."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    import typing
+
+    saved = typing._get_protocol_attrs
+    typing._get_protocol_attrs = functools.cache(saved)
+    try:
+        yield
+    finally:
+        typing._get_protocol_attrs = saved
+

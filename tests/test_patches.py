@@ -1,0 +1,95 @@
+"""The workarounds of plans/patches.py: they answer as the libraries do, and only while the
+monitoring plan runs."""
+
+import sys
+import threading
+import time
+import typing
+
+import event_model
+import pytest
+from bluesky import RunEngine
+
+from plans.buffer import ConnectionLog, ObjectBuffer
+from plans.monitor import monitor_objects
+from plans.patches import cached_protocol_checks, light_page_validation
+from warden_devices.build import build_device
+
+PAGE = event_model.DocumentNames.event_page
+
+
+def patched_now() -> tuple[bool, bool]:
+    """Whether the page validator and typing's protocol attributes are patched now."""
+    validator = event_model.schema_validators[PAGE]
+    return type(validator).__name__ == "_PageShapeValidator", hasattr(
+        typing._get_protocol_attrs, "cache_info")
+
+
+def test_protocol_checks_answer_the_same_with_their_attributes_cached():
+    """The RunEngine's protocol checks still tell a buffer from an object that lacks what a
+    protocol asks."""
+    from bluesky.protocols import Collectable, EventPageCollectable, Readable, WritesStreamAssets
+
+    device = build_device("wcm", "WcmControl", "wcm:", "sim")
+    buffer = ObjectBuffer(device, True, ConnectionLog(time.time))
+    protocols = (Collectable, EventPageCollectable, Readable, WritesStreamAssets)
+    objects = (buffer, device, object())
+    plain = [isinstance(o, p) for o in objects for p in protocols]
+    original = typing._get_protocol_attrs
+    with cached_protocol_checks():
+        cached = [isinstance(o, p) for o in objects for p in protocols]
+    assert cached == plain
+    assert plain[:4] == [True, True, False, False]  # a buffer collects pages, has no assets
+    assert plain[6] and not any(plain[8:])  # the device reads; a plain object is nothing
+    assert typing._get_protocol_attrs is original
+    device.destroy()
+
+
+def test_light_page_validation_still_rejects_pages_whose_columns_do_not_match():
+    run = event_model.compose_run()
+    stream = run.compose_descriptor(
+        name="wcm", data_keys={"x": {"dtype": "number", "shape": [], "source": "s"}})
+    good = stream.compose_event_page(data={"x": [1.0, 2.0]}, timestamps={"x": [1.0, 2.0]})
+    short = {**good, "data": {"x": [1.0]}}
+    other = {**good, "timestamps": {"y": [1.0, 2.0]}}
+    with light_page_validation():
+        event_model.schema_validators[PAGE].validate(good)
+        for bad in (short, other):
+            with pytest.raises(event_model.EventModelValidationError):
+                event_model.schema_validators[PAGE].validate(bad)
+    assert patched_now() == (False, False)
+    with pytest.raises(Exception, match="is not of type"):  # jsonschema's own check again
+        event_model.schema_validators[PAGE].validate({**good, "seq_num": "1"})
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["stopped", "failed"])
+def test_the_plan_patches_only_while_it_runs(fail):
+    """Patched from the plan's first step to its end, whether it stops or fails; making the
+    plan patches nothing."""
+    device = build_device("wcm", "WcmControl", "wcm:", "sim")
+    connections = ConnectionLog(time.time)
+    stop = threading.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    def on_document(name, doc):
+        if name == "event_page":  # the connection stream's first page
+            seen.append(patched_now())
+            stop.set()
+            if fail:
+                raise RuntimeError("a subscriber fails")
+
+    RE = RunEngine({}, context_managers=[])
+    RE.subscribe(on_document)
+    plan = monitor_objects([ObjectBuffer(device, True, connections)], connections, {},
+                           flush_interval=0.05, stop=stop)
+    assert patched_now() == (False, False)
+    try:
+        if fail:
+            with pytest.raises(RuntimeError, match="a subscriber fails"):
+                RE(plan)
+        else:
+            RE(plan)
+    finally:
+        device.destroy()
+    assert seen[0] == (True, sys.version_info < (3, 12))
+    assert patched_now() == (False, False)
