@@ -259,32 +259,6 @@ def test_public_server_reads_without_key_but_never_writes(tmp_path):
         assert len(list(archive.catalog)) == 1
 
 
-def test_protocol_checks_answer_the_same_with_their_attributes_cached():
-    """The RunEngine's protocol checks (cached on Python < 3.12 while the plan runs) still tell
-    a buffer from an object that lacks what a protocol asks."""
-    import typing
-
-    from bluesky.protocols import Collectable, EventPageCollectable, Readable, WritesStreamAssets
-
-    from plans.buffer import ConnectionLog, ObjectBuffer
-    from plans.monitor import cached_protocol_checks
-    from warden_devices.build import build_device
-
-    device = build_device("wcm", "WcmControl", "wcm:", "sim")
-    buffer = ObjectBuffer(device, True, ConnectionLog(time.time))
-    protocols = (Collectable, EventPageCollectable, Readable, WritesStreamAssets)
-    objects = (buffer, device, object())
-    plain = [isinstance(o, p) for o in objects for p in protocols]
-    original = typing._get_protocol_attrs
-    with cached_protocol_checks():
-        cached = [isinstance(o, p) for o in objects for p in protocols]
-    assert cached == plain
-    assert plain[:4] == [True, True, False, False]  # a buffer collects pages, has no assets
-    assert plain[6] and not any(plain[8:])  # the device reads; a plain object is nothing
-    assert typing._get_protocol_attrs is original
-    device.destroy()
-
-
 def test_the_run_engine_keeps_no_message_of_the_plan_for_rewinding(tmp_path):
     """The monitoring plan runs for months: the RunEngine must not keep its messages to replay
     them after a pause (it did, every one of them, without a checkpoint)."""

@@ -36,7 +36,7 @@ from catalog.uri import ArchiveURI
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
 from plans.exchange import Exchange
-from plans.monitor import cached_protocol_checks, light_page_validation, monitor_objects
+from plans.monitor import monitor_objects
 from warden_devices.build import build_derived, build_device, build_source, build_target
 from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
@@ -235,8 +235,7 @@ class WardenService:
             RE.subscribe(self.ascii)
         for callback in self.callbacks:
             RE.subscribe(callback)
-        with light_page_validation(), cached_protocol_checks():
-            RE(self.plan())
+        RE(self.plan())
 
     def plan(self):
         """The monitoring plan of this service (run it with any RunEngine)."""
