@@ -285,6 +285,7 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
     """The retrieval routes under ``/retrieval`` (mount with ``app.include_router``)."""
     reader = ArchiveReader(tree, store, ZoneInfo(zone))
     router = APIRouter(prefix="/retrieval")
+    sql = asyncio.iscoroutinefunction(getattr(tree, "items_range", None))  # Tiled's catalog
 
     def authorize(request: Request) -> None:
         if public:
@@ -306,6 +307,8 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
     @router.get("/data/getData.{fmt}")
     async def get_data(fmt: str, request: Request) -> Response:
         authorize(request)
+        if not sql:
+            raise HTTPException(501, "the retrieval API reads SQL archives (SQLite, PostgreSQL)")
         if fmt not in FORMATS:
             raise HTTPException(404, f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
         query = request.query_params
@@ -330,6 +333,8 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
     @router.post("/data/getDataAtTime")
     async def get_data_at_time(request: Request) -> Response:
         authorize(request)
+        if not sql:
+            raise HTTPException(501, "the retrieval API reads SQL archives (SQLite, PostgreSQL)")
         at = when(request.query_params.get("at"), "at", dt.datetime.now(dt.UTC).timestamp())
         try:
             pvs = orjson.loads(await request.body())
