@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import API_KEY, wait_for
+from conftest import API_KEY, ZONE, run_service, sim_config, wait_for
 
+from catalog.compact import Compactor
 from catalog.pb import encode
 from catalog.query import Archive
 from catalog.reduce import reduce, reduce_frame
@@ -46,12 +47,7 @@ def window(warden_server):
         t1 = float(int(time.time() - 1.0))  # whole seconds: aapy sends no fractions
         wait_for(lambda: (archive.latest(OBJ)["archived_time"] or 0) > t1 + 0.5, timeout=30)
         raw = archive.raw_day(OBJ, dt.datetime.fromtimestamp(t1, archive.zone).date())
-        ts = raw[f"ts_{ATTR}"].astype(float).to_numpy()
-        vals = raw[ATTR].astype(float).to_numpy()
-        order = np.argsort(ts, kind="stable")
-        ts, vals = ts[order], vals[order]
-        keep = np.r_[True, ts[1:] != ts[:-1]]
-        return t1, ts[keep], vals[keep]
+        return (t1, *distinct_samples(raw))
 
     wait_for(lambda: (lambda t1, ts, _: len(ts) > 10 and ts[5] + 3 < t1)(*samples()))
     t1, ts, vals = samples()
@@ -192,6 +188,38 @@ def test_retrieval_needs_the_key(warden_server):
     assert httpx.get(f"{base}/bpl/getAllPVs", params={"api_key": API_KEY}).status_code == 200
     bad = httpx.post(f"{base}/data/getDataAtTime", content=b"{not json", headers=KEY)
     assert bad.status_code == 400
+
+
+def distinct_samples(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``PV``'s samples in ``Archive.raw_day`` rows: one per upstream timestamp, in order."""
+    ts = raw[f"ts_{ATTR}"].astype(float).to_numpy()
+    vals = raw[ATTR].astype(float).to_numpy()
+    order = np.argsort(ts, kind="stable")
+    ts, vals = ts[order], vals[order]
+    keep = np.r_[True, ts[1:] != ts[:-1]]
+    return ts[keep], vals[keep]
+
+
+def test_a_range_across_midnight_reads_sql_and_parquet_days_alike(tmp_path):
+    start = dt.datetime(2001, 11, 6, 23, 59, 56, tzinfo=ZONE)
+    span = {"pv": PV, "from": "2001-11-06T23:59:00-05:00", "to": "2001-11-07T00:01:00-05:00"}
+    with run_service(sim_config(tmp_path), start, seconds=8, compact_grace=None,
+                     public=True) as archive:
+        parts = [distinct_samples(archive.raw_day(OBJ, d)) for d in ("2001-11-06", "2001-11-07")]
+        url = archive.root.uri.split("/api/")[0]
+
+        def get(pv: str) -> list[dict]:  # no key: the server is public
+            r = httpx.get(f"{url}/retrieval/data/getData.json", params={**span, "pv": pv})
+            assert r.status_code == 200, r.text
+            return r.json()[0]["data"]
+
+        rows, counts = get(PV), get(f"count_60({PV})")
+        assert Compactor(tmp_path / "archive.db", grace=0).run().tables > 0
+        assert (get(PV), get(f"count_60({PV})")) == (rows, counts)  # from Parquet now
+    days = {dt.datetime.fromtimestamp(d["secs"], ZONE).day for d in rows}
+    assert days == {6, 7}
+    assert [d["val"] for d in rows] == np.concatenate([p[1] for p in parts]).tolist()
+    assert sum(d["val"] for d in counts) == len(rows)
 
 
 def test_archive_day_bins_each_attribute(window):
