@@ -370,7 +370,7 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
                 raise HTTPException(400, f"regex: {err}") from None
         else:
             pattern = re.compile(fnmatch.translate(pv or "*"))
-        names = [n for n in reader.pvs() if pattern.match(n)]
+        names = [n for n in reader.pvs() if pattern.fullmatch(n)]  # (as Java matches())
         return names if limit < 0 else names[:limit]
 
     return router
