@@ -7,7 +7,8 @@ data source, aapy, epicsarchiver-retrieval-client, ...) read the warden unchange
 * ``GET /retrieval/data/getData.{json,csv,txt,raw}?pv=PV&from=ISO&to=ISO``: the samples of a
   PV, ``PV`` being ``<object>:<attribute>``, or a post-processor of it, ``mean_600(PV)``
   (``mean``, ``min``, ``max``, ``count``, ``std``, ``firstSample``, ``lastSample``; ``N``
-  seconds a bin, 900 if left out; :mod:`catalog.reduce`). ``.raw`` is PB/HTTP
+  seconds a bin, 900 if left out; :mod:`catalog.reduce`), or ``optimized_N(PV)`` (at most N
+  points: the samples, or N bins of ``[mean, std, min, max, count]``). ``.raw`` is PB/HTTP
   (:mod:`catalog.pb`).
 * ``POST /retrieval/data/getDataAtTime?at=ISO`` with a JSON list of PVs: each PV's sample at
   that time (the newest at or before it), as a dict by PV.
@@ -46,6 +47,8 @@ from . import pb, reduce
 from .query import MAX_RANGE_DAYS, QueryError, parse_time
 
 DEFAULT_BIN = 900  # seconds, a post-processor named without _N (as the Archiver Appliance)
+OPTIMIZED = "optimized"  # optimized_N: N points at most, each [mean, std, min, max, count]
+OPTIMIZED_STATS = ("mean", "std", "min", "max", "count")
 _PROCESSED = re.compile(r"^(?P<name>[A-Za-z]+)(?:_(?P<n>-?[0-9]+(?:\.[0-9]*)?))?\((?P<pv>.+)\)\Z")
 FORMATS = {"json": "application/json", "csv": "text/csv", "txt": "text/plain",
            "raw": "application/x-protobuf"}
@@ -82,12 +85,12 @@ def parse_pv(text: str) -> Asked:
             raise QueryError(f"malformed pv {text!r}: expected OBJECT:ATTRIBUTE or agg_N(PV)")
         return Asked(text)
     name, n = match["name"], match["n"]
-    if name not in reduce.AGGREGATES:
+    if name not in (*reduce.AGGREGATES, OPTIMIZED):
         raise QueryError(f"unknown post-processor {name!r}: one of "
-                         f"{', '.join(reduce.AGGREGATES)}")
+                         f"{', '.join(reduce.AGGREGATES)}, {OPTIMIZED}")
     width = float(n) if n is not None else DEFAULT_BIN
     if width <= 0:
-        raise QueryError(f"post-processor {name}_{n}: the bin (seconds) must be > 0")
+        raise QueryError(f"post-processor {name}_{n}: N must be > 0")
     return Asked(match["pv"], name, width)
 
 
@@ -318,7 +321,7 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
             asked = parse_pv(query.get("pv", ""))
             s = await reader.samples(asked.pv, t0, t1, prior=asked.agg is None)
             if asked.agg is not None:
-                s = await anyio.to_thread.run_sync(_reduced, s, asked)
+                s = await anyio.to_thread.run_sync(_reduced, s, asked, t0, t1)
         except UnknownPV as err:
             raise HTTPException(404, str(err)) from None
         except (QueryError, reduce.BinError) as err:
@@ -376,12 +379,23 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
     return router
 
 
-def _reduced(s: Samples, asked: Asked) -> Samples:
+def _reduced(s: Samples, asked: Asked, t0: float, t1: float) -> Samples:
     values = s.values
     if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         values = np.stack(values)
-    seconds, reduced = reduce.reduce(s.seconds, values, asked.width, asked.agg)
-    return Samples(s.pv, seconds, reduced, s.meta)
+    if asked.agg != OPTIMIZED:
+        seconds, reduced = reduce.reduce(s.seconds, values, asked.width, asked.agg)
+        return Samples(s.pv, seconds, reduced, s.meta)
+    # optimized_N (what PyDM asks for): the samples themselves when there are at most N,
+    # else N bins over the range, each [mean, std, min, max, count]
+    if len(s.seconds) <= asked.width:
+        return s
+    if values.ndim != 1:
+        raise reduce.BinError("optimized needs a scalar PV")
+    width = max(t1 - t0, 1e-6) / asked.width
+    stats = [reduce.reduce(s.seconds, values, width, agg) for agg in OPTIMIZED_STATS]
+    return Samples(s.pv, stats[0][0], np.column_stack([v for _, v in stats]).astype(float),
+                   s.meta)
 
 
 def _raw(s: Samples) -> bytes:

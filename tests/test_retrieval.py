@@ -161,6 +161,25 @@ def test_json_csv_txt_agree_and_pvs_are_listed(window):
     assert matching
 
 
+def test_optimized_gives_pydm_its_bins_or_the_samples(window):
+    span = {"from": iso(window["t0"]), "to": iso(window["t1"])}
+
+    def get(pv: str) -> list[dict]:
+        r = httpx.get(f"{window['url']}/retrieval/data/getData.json", params={**span, "pv": pv},
+                      headers=KEY)
+        assert r.headers["content-type"] == "application/json"  # PyDM wants exactly that
+        return r.json()[0]["data"]
+
+    inside = window["expected"][1][1:]  # (no sample before the range)
+    assert [d["val"] for d in get(f"optimized_100000({PV})")] == inside.tolist()
+    bins = get(f"optimized_2({PV})")
+    assert 2 <= len(bins) <= 3 and all(len(d["val"]) == 5 for d in bins)
+    mean, std, low, high, count = np.array([d["val"] for d in bins]).T
+    assert count.sum() == len(inside) and low.min() == inside.min()
+    assert high.max() == inside.max()
+    assert (mean * count).sum() == pytest.approx(inside.sum())
+
+
 @pytest.mark.parametrize("params, status, words", [
     ({"pv": "nosuch:wcmBeam"}, 404, "unknown pv"),
     ({"pv": "yi2-wcm3:nosuch"}, 404, "no attribute"),
