@@ -91,6 +91,13 @@ def reduce(seconds: np.ndarray, values, width: float, agg: str
     return middle, np.sqrt(squares / np.maximum(counts - 1, 1).reshape(shape))
 
 
+def unix_seconds(times: pd.Series) -> np.ndarray:
+    """Aware datetimes as UNIX seconds, whatever their resolution (ns, us, ms, s)."""
+    import pandas as pd
+
+    return ((times - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(float)
+
+
 def reduce_frame(df: pd.DataFrame, width: str | float, agg: str) -> pd.DataFrame:
     """A day or range frame (``time`` + attributes) reduced per attribute into bins.
 
@@ -104,7 +111,7 @@ def reduce_frame(df: pd.DataFrame, width: str | float, agg: str) -> pd.DataFrame
     if df.empty:
         return df
     zone = df["time"].dt.tz
-    seconds = df["time"].astype("int64").to_numpy() / 1e9
+    seconds = unix_seconds(df["time"])
     columns: dict[str, object] = {}
     times = None
     for name in df.columns.drop("time"):

@@ -24,7 +24,7 @@ from conftest import API_KEY, ZONE, run_service, sim_config, wait_for
 from catalog.compact import Compactor
 from catalog.pb import encode
 from catalog.query import Archive
-from catalog.reduce import reduce, reduce_frame
+from catalog.reduce import reduce, reduce_frame, unix_seconds
 from catalog.retrieval import parse_pv
 
 PV = "yi2-wcm3:wcmBeam"
@@ -246,7 +246,7 @@ def test_archive_day_bins_each_attribute(window):
     day = dt.datetime.fromtimestamp(window["t1"], archive.zone).date()
     df = archive.day(OBJ, day)
     binned = archive.day(OBJ, day, bin="10s", agg="max")
-    seconds = df["time"].astype("int64") / 1e9
+    seconds = unix_seconds(df["time"])
     want = df.groupby(np.floor(seconds / 10))[ATTR].max()
     np.testing.assert_array_equal(binned[ATTR].to_numpy(), want.to_numpy())
     assert "bunchIntensity" in binned  # arrays element by element
@@ -293,7 +293,12 @@ def test_reduce_matches_pandas_on_uneven_samples():
     times, _ = reduce(t, v, 60, "mean")
     np.testing.assert_array_equal(times, want.index.to_numpy() * 60 + 30)
     frame = pd.DataFrame({"time": pd.to_datetime(t, unit="s", utc=True), "v": v, "s": "x"})
-    assert list(reduce_frame(frame, "1min", "mean").columns) == ["time", "v"]
+    binned = reduce_frame(frame, "1min", "mean")
+    assert list(binned.columns) == ["time", "v"]
+    np.testing.assert_allclose(binned["v"], pd.Series(v).groupby(np.floor(t / 60)).mean())
+    for unit in ("s", "ms", "us", "ns"):  # any resolution of the times
+        frame["time"] = frame["time"].astype(f"datetime64[{unit}, UTC]")
+        assert len(reduce_frame(frame, "1min", "mean")) == len(binned)
 
 
 def test_pb_escapes_and_splits_years():
