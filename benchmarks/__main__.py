@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-FIGURES = ["ingest", "latest", "day", "memory", "storage", "ca"]
+FIGURES = ["ingest", "latest", "day", "retrieval", "memory", "storage", "ca"]
 EXTRA = ["load"]  # by name only: the reliability load run (10 minutes at full size)
 ALIASES = {"day-read": "day", "day_read": "day", "real-ca": "ca", "realca": "ca"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-duration", type=float, help="ingest: naive pipeline seconds per N")
     p.add_argument("--values", type=int, help="memory/storage: values to archive")
     p.add_argument("--objects", type=int, help="latest: objects configured (default 1000)")
-    p.add_argument("--rows", type=int, help="day: rows in the day (default 864000)")
+    p.add_argument("--rows", type=int, help="day, retrieval: rows in the day (default 864000)")
     p.add_argument("--ca-objects", type=int, help="ca: synthetic IOC objects")
     p.add_argument("--ca-duration", type=float, help="ca: seconds per side")
     p.add_argument("--load-duration", type=float, help="load: seconds of ingest under clients")
@@ -162,6 +162,10 @@ def _child(name: str, args) -> int:
 
         figure_load(args.quick, objects=args.load_objects, duration=args.load_duration,
                     rate=args.load_rate)
+    elif name == "retrieval":
+        from .retrieval import figure_retrieval
+
+        figure_retrieval(args.quick, rows=args.rows)
     elif name == "day":
         from .dayread import figure_day
 

@@ -29,6 +29,8 @@ import tzlocal
 from tiled.client import from_uri as tiled_from_uri
 from tiled.queries import In, Key
 
+from . import reduce
+
 MAX_RANGE_DAYS = 366
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits, no trailing newline
 
@@ -149,15 +151,24 @@ class Archive:
             return sorted(entry["value"] for entry in found)
         return sorted({run.metadata["start"]["day"] for run in catalog.values()})
 
-    def day(self, obj: str, day: str | dt.date) -> pd.DataFrame:
-        """Every reading of ``obj`` on archive ``day``, from all of that day's runs."""
+    def day(self, obj: str, day: str | dt.date, bin: str | float | None = None,
+            agg: str = "mean") -> pd.DataFrame:
+        """Every reading of ``obj`` on archive ``day``, from all of that day's runs; with
+        ``bin`` (``"1h"``, ``60``), ``agg`` of each attribute per bin (:mod:`catalog.reduce`:
+        mean, min, max, count, std, firstSample, lastSample)."""
         self._check(obj)
         d = parse_day(day)
-        return self._read(obj, [d.isoformat()])
+        _check_bin(bin, agg)
+        return _binned(self._read(obj, [d.isoformat()]), bin, agg)
 
-    def range(self, obj: str, start, end) -> pd.DataFrame:
-        """Readings of ``obj`` with ``start <= time < end``, across days and runs."""
+    def range(self, obj: str, start, end, bin: str | float | None = None,
+              agg: str = "mean") -> pd.DataFrame:
+        """Readings of ``obj`` with ``start <= time < end``, across days and runs; ``bin``
+        and ``agg`` as for :meth:`day`."""
         self._check(obj)
+        _check_bin(bin, agg)
+        if bin is not None:
+            return _binned(self.range(obj, start, end), bin, agg)
         t0, t1 = parse_time(start, self.zone), parse_time(end, self.zone)
         if t1 <= t0:
             raise QueryError(f"range end {end!r} is not after its start {start!r}")
@@ -358,6 +369,20 @@ class Archive:
     @property
     def _zone_name(self) -> str:
         return self.zone.key
+
+
+def _check_bin(bin: str | float | None, agg: str) -> None:
+    """A bad ``bin`` or ``agg`` as a :class:`QueryError`, before anything is read."""
+    try:
+        if bin is not None:
+            reduce.bin_seconds(bin)
+        reduce.check_aggregate(agg)
+    except reduce.BinError as err:
+        raise QueryError(str(err)) from None
+
+
+def _binned(df: pd.DataFrame, bin: str | float | None, agg: str) -> pd.DataFrame:
+    return df if bin is None else reduce.reduce_frame(df, bin, agg)
 
 
 def _loopback(url: str) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = {"ingest", "latest", "day_read", "memory", "storage", "real_ca"}
+FIGURES = {"ingest", "latest", "day_read", "retrieval", "memory", "storage", "real_ca"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,11 @@ def test_quick_run_loses_nothing(quick_run):
     assert by_name["storage"]["bytes_per_value"] > 0
     day = by_name["day_read"]
     assert day["rows_read"] == day["rows"] == day["rows_sqlite"]
+    retrieval = by_name["retrieval"]
+    counts = retrieval["counts"]
+    assert counts["getdata_json"] == counts["archive_day"] == retrieval["rows"]
+    assert counts["mean_60"] == counts["archive_day_bin_60s"] == 1440  # a day of minutes
+    assert retrieval["closed_day_parquet"]["rows"] == retrieval["rows"]
     latest = by_name["latest"]
     assert latest["all_latest_items"] == latest["objects"]
     ca = by_name["real_ca"]

@@ -99,7 +99,7 @@ def cmd_latest(args) -> int:
 
 
 def cmd_day(args) -> int:
-    df = _archive(args).day(args.object, args.date)
+    df = _archive(args).day(args.object, args.date, bin=args.bin, agg=args.agg)
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -353,11 +353,27 @@ def _parser() -> argparse.ArgumentParser:
         if name == "day":
             c.add_argument("date", help="YYYY-MM-DD")
             c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+            c.add_argument("--bin", type=_bin, default=None,
+                           help="reduce into bins of this width (60, 60s, 5min, 1h)")
+            from catalog.reduce import AGGREGATES
+
+            c.add_argument("--agg", choices=AGGREGATES, default="mean",
+                           help="what each bin holds (default mean)")
         if name == "latest":
             c.add_argument("--format", choices=["table", "json"], default="table")
         c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
         c.set_defaults(func=func)
     return p
+
+
+def _bin(text: str) -> str:
+    from catalog.reduce import BinError, bin_seconds
+
+    try:
+        bin_seconds(text)
+    except BinError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _positive(text: str) -> float:

@@ -29,6 +29,7 @@ from fastapi import HTTPException
 
 from catalog.backends import open_backend
 from catalog.latest import Latest, SharedLatest
+from catalog.retrieval import retrieval_router
 from catalog.server import TiledServer, warden_app
 
 from .control import control_router
@@ -148,6 +149,7 @@ def service_server(tree, latest: Latest, runner, spec: ServerSpec) -> TiledServe
     ``latest``, plugin control through ``runner``; host, port, keys and logs from ``spec``."""
     router = control_router(runner, spec.api_key, spec.public, spec.discovered)
     app = warden_app(tree, latest, spec.zone, spec.api_key, spec.public, routers=[router])
+    app.include_router(retrieval_router(tree, latest, spec.zone, spec.api_key, spec.public))
     log_dir = Path(spec.log_dir) if spec.log_dir else None
     return TiledServer(app, host=spec.host, port=spec.port, log_dir=log_dir)
 
