@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -84,12 +84,8 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     service = WardenService(config, public=args.public, port=args.port)
     url = service.start()
-    print(
-        f"warden: serving {len(config.objects)} objects at {url} "
-        f"({'public reads' if args.public else 'API key required'})",
-        flush=True,
-    )
-    _run_until_signalled(service)
+    _run_until_signalled(service, f"warden: serving {len(config.objects)} objects at {url} "
+                                  f"({'public reads' if args.public else 'API key required'})")
     return 0
 
 
@@ -353,14 +349,23 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:36] + " ..."
 
 
-def _run_until_signalled(service, duration: float | None = None) -> None:
-    """Run the service in this thread until SIGINT or SIGTERM (or ``duration`` seconds).
+def _run_until_signalled(service, ready: str, duration: float | None = None,
+                         on_abort: Callable[[], object] | None = None) -> None:
+    """Print ``ready``, then run the service in this thread until SIGINT or SIGTERM (or
+    ``duration`` seconds).
 
-    The first signal closes the day's run and writes what is queued; a second one stops at
-    once (``KeyboardInterrupt``: the spool keeps what was not written, for the next start).
+    The first signal closes the day's run and writes what is queued. A second one ends the
+    process at once (exit code 130), after ``on_abort``: the server and writer processes end
+    when they find the service gone, and the spool keeps what was not written for the next
+    start.
     """
     def stop_now(signum, frame):
-        raise KeyboardInterrupt
+        print("warden: stopped at once; the spool keeps what was not written",
+              file=sys.stderr, flush=True)
+        if on_abort is not None:
+            on_abort()
+        sys.stdout.flush()
+        os._exit(130)
 
     def stop(signum, frame):
         print("warden: stopping; again to stop at once", file=sys.stderr, flush=True)
@@ -369,6 +374,7 @@ def _run_until_signalled(service, duration: float | None = None) -> None:
         service.stop()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(ready, flush=True)  # once a signal stops the service cleanly
     timer = threading.Timer(duration, service.stop) if duration is not None else None
     if timer is not None:
         timer.daemon = True

@@ -96,9 +96,9 @@ def run_demo(data_dir: str, port: int, duration: float | None, update_period: fl
         config = demo_config(data, port)
         service = WardenService(config, public=True, port=port)
         url = service.start()
-        print(_banner(url, data, ca_port, service.api_key), flush=True)
         threading.Thread(target=_progress, args=(service,), daemon=True).start()
-        _run_until_signalled(service, duration)
+        _run_until_signalled(service, _banner(url, data, ca_port, service.api_key), duration,
+                             on_abort=ioc.kill)
         print("warden demo: stopped; the archive stays in", data.resolve(), flush=True)
     finally:
         ioc.terminate()
