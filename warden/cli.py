@@ -116,9 +116,20 @@ def cmd_day(args) -> int:
     elif not len(df):
         print(f"no readings of {args.object} on {args.date}")
     else:
-        print(_summarised(df).to_string(index=False, max_rows=60, min_rows=40))
+        print(_table(df))
         print(f"{len(df)} rows; --format csv or json for every value")
     return 0
+
+
+def _table(df, edge: int = 20) -> str:
+    """The first and last ``edge`` rows (all of a short day), every attribute shown."""
+    import pandas as pd
+
+    if len(df) <= 3 * edge:
+        return _summarised(df).to_string(index=False)
+    lines = _summarised(pd.concat([df.head(edge), df.tail(edge)])).to_string(index=False)
+    lines = lines.splitlines()
+    return "\n".join([*lines[: edge + 1], "...", *lines[edge + 1 :]])
 
 
 def _summarised(df):
@@ -155,9 +166,12 @@ def _flat_arrays(df):
             continue
         rows = [np.ravel(v) if v is not None else np.empty(0) for v in df[col]]
         width = max((len(r) for r in rows), default=0)
-        block = np.full((len(rows), width), np.nan)
-        for i, r in enumerate(rows):
-            block[i, : len(r)] = r
+        if all(len(r) == width for r in rows):
+            block = np.stack(rows) if rows else np.empty((0, width))
+        else:
+            block = np.full((len(rows), width), np.nan)
+            for i, r in enumerate(rows):
+                block[i, : len(r)] = r
         parts.append(pd.DataFrame(block, columns=[f"{col}[{j}]" for j in range(width)],
                                   index=df.index))
     return pd.concat(parts, axis=1)
