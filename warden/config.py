@@ -239,7 +239,10 @@ def parse_config(text: str, source: str = "<config>") -> WardenConfig:
     """Validate the YAML text of a config file (``source`` names it in YAML errors)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
-    loader = _NoAliasLoader(text)
+    try:
+        loader = _NoAliasLoader(text)  # (checks the characters)
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(err, source)) from None
     loader.name = source  # marks name the file, not "<unicode string>"
     try:
         data = loader.get_single_data()
@@ -270,6 +273,9 @@ def load_config(path: str | Path) -> WardenConfig:
 
 def _yaml_error(err: yaml.YAMLError, source: str) -> str:
     """One line: ``not valid YAML: FILE, line L, column C: problem (context at line L)``."""
+    if isinstance(err, yaml.reader.ReaderError):
+        first = str(err).splitlines()[0]
+        return f"not valid YAML: {source}, character {err.position + 1}: {first}"
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None)
     if mark is None or problem is None:
