@@ -146,8 +146,9 @@ def _array_summary(value) -> str:
 
     if value is None or (np.ndim(value) == 0 and value != value):  # missing
         return "-"
-    a = np.asarray(value, dtype=float)
-    return f"[{a.size}] mean {np.nanmean(a):.4g}" if a.size else "[0]"
+    a = np.asarray(value, dtype=float).ravel()
+    finite = a[np.isfinite(a)]
+    return f"[{a.size}] mean {finite.mean():.4g}" if finite.size else f"[{a.size}]"
 
 
 def _flat_arrays(df):
