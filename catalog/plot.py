@@ -17,6 +17,9 @@ What is drawn
 * Where the object was disconnected (``archive.connections``) the line is broken and the
   interval is shaded. A disconnect that is never followed by a reconnect lasts until now on
   today, until midnight on a past day.
+* Where the warden was not recording (before the day's first run, between runs, after the
+  last run stopped: ``archive.recording``) the line is broken too and the interval is shaded
+  grey: an upstream value is not known to have held while nobody watched.
 * Array attributes (``bunchIntensity``, the SIS ``counts``) are not drawn by default: a line
   per element would be unreadable and their sum duplicates a scalar (``wcmBeam``). Asked for
   by name, an array is drawn as the sum of its elements (``Σ bunchIntensity``). An object with
@@ -50,6 +53,8 @@ from .query import Archive, QueryError, parse_day
 
 MIN_PX, MAX_PX = 200, 8000
 GAP_COLOR = "#d62728"
+IDLE_COLOR = "0.5"
+MIN_IDLE = 1.0  # seconds: a shorter pause between runs (midnight) is no gap
 
 
 class PlotError(QueryError):
@@ -102,6 +107,8 @@ def plot_day(
     d = parse_day(day)
     df = archive.day(obj, d)
     gaps = disconnected_intervals(archive, obj, d)
+    idle = not_recording_intervals(archive, d)
+    breaks = gaps + idle
     series = day_series(df, attrs, obj)
     known = day_units(archive, obj, d)
     units = {s.label: known.get(s.attr, "") for s in series}
@@ -109,8 +116,10 @@ def plot_day(
 
     if ax is not None:
         for s in series:
-            _draw(ax, df["time"], s, gaps, f"{obj} {s.label}")
+            _draw(ax, df["time"], s, breaks, f"{obj} {s.label}")
         _shade(ax, gaps, f"{obj} disconnected")
+        if not any(t.get_label() == "not recording" for t in ax.patches):
+            _shade(ax, idle, "not recording", IDLE_COLOR)
         shown = {units[s.label] for s in series}
         if len(shown) == 1:
             ax.set_ylabel(_label(series[0].label, shown.pop(), len(series)))
@@ -135,8 +144,9 @@ def plot_day(
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     for axis, (unit, members) in zip(axes, panels, strict=True):
         for s in members:
-            _draw(axis, df["time"], s, gaps, s.label)
+            _draw(axis, df["time"], s, breaks, s.label)
         _shade(axis, gaps, "disconnected")
+        _shade(axis, idle, "not recording", IDLE_COLOR)
         axis.set_ylabel(_label(members[0].label, unit, len(members)))
         axis.grid(True, alpha=0.3)
         axis.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small",
@@ -244,6 +254,41 @@ def disconnected_intervals(
     return out
 
 
+def not_recording_intervals(
+    archive: Archive, day: str | dt.date
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """``[(from, to), ...]`` of ``day`` when the warden was not recording, as aware local
+    timestamps: before the day's first run, between runs, after the last run stopped (until
+    now on today).
+
+    A run with no stop document (open, or its service killed) is taken to last until the
+    next run starts, or until now. Runs whose times are not on ``day`` (made under an
+    injected clock) say nothing: then no interval is returned.
+    """
+    day = parse_day(day)
+    runs = archive.recording(day)
+    zone = archive.zone
+    first, last = (pd.Timestamp(dt.datetime.combine(day + dt.timedelta(days=i), dt.time(0),
+                                                    tzinfo=zone)) for i in (0, 1))
+    end = min(last, pd.Timestamp.now(tz=zone))
+    spans = []
+    for i, (start, stop) in enumerate(zip(runs["start"], runs["stop"], strict=True)):
+        if pd.isna(stop):
+            stop = runs["start"].iloc[i + 1] if i + 1 < len(runs) else end
+        if start < end and stop > first:
+            spans.append((max(start, first), min(stop, end)))
+    if not spans:
+        return []
+    out, cursor = [], first
+    for start, stop in sorted(spans):
+        if (start - cursor).total_seconds() >= MIN_IDLE:
+            out.append((cursor, start))
+        cursor = max(cursor, stop)
+    if (end - cursor).total_seconds() >= MIN_IDLE:
+        out.append((cursor, end))
+    return out
+
+
 def day_units(archive: Archive, obj: str, day: str | dt.date) -> dict[str, str]:
     """``{attribute: units}`` of ``obj`` on ``day``, from its streams' data keys (the first
     run that gives an attribute units wins); an attribute without units is left out."""
@@ -292,7 +337,7 @@ def _panels(series: list[Series], units: dict[str, str]) -> list[tuple[str, list
 
 
 def _draw(ax: Axes, times: pd.Series, series: Series, gaps, label: str) -> None:
-    """One line, broken (a NaN point) where each disconnected interval begins."""
+    """One line, broken (a NaN point) where each gap (disconnected, not recording) begins."""
     t = mpl_times(times)
     v = np.asarray(series.values, dtype=float)
     if gaps:
@@ -308,10 +353,10 @@ def _draw(ax: Axes, times: pd.Series, series: Series, gaps, label: str) -> None:
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
 
 
-def _shade(ax: Axes, gaps, label: str) -> None:
+def _shade(ax: Axes, gaps, label: str, color: str = GAP_COLOR) -> None:
     for i, (lost, back) in enumerate(gaps):
         t0, t1 = mpl_times(pd.Series([lost, back]))
-        ax.axvspan(t0, t1, color=GAP_COLOR, alpha=0.15, linewidth=0,
+        ax.axvspan(t0, t1, color=color, alpha=0.15, linewidth=0,
                    label=label if i == 0 else None)
 
 

@@ -9,8 +9,9 @@
 >>> a.range("yi2-wcm3", "2001-11-06T22:00", "2001-11-07T02:00")
 
 A day's rows are those of every run recorded for that archive day (several after a restart),
-merged in time order. The ``time`` of a row is the newest upstream timestamp of its attributes,
-as an aware datetime in the facility's time zone.
+merged in time order (:meth:`Archive.recording` says when each run recorded). The ``time``
+of a row is the newest upstream timestamp of its attributes, as an aware datetime in the
+facility's time zone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,11 +29,13 @@ import numpy as np
 import pandas as pd
 import tzlocal
 from tiled.client import from_uri as tiled_from_uri
+from tiled.client.utils import ClientError
 from tiled.queries import In, Key
 
 from . import reduce
 
 MAX_RANGE_DAYS = 366
+CONNECT_TIMEOUT = 3.0  # seconds to wait for the server to accept a connection
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits, no trailing newline
 
 
@@ -41,6 +45,14 @@ class QueryError(ValueError):
 
 class UnknownObjectError(QueryError, LookupError):
     """No such object is configured or archived."""
+
+
+class ApiKeyError(PermissionError):
+    """The server refused the API key: a wrong one, or none where reads need one."""
+
+
+class ServerUnreachable(ConnectionError):
+    """Nothing answers at the server's address (refused, or no answer within 3 s)."""
 
 
 def parse_day(text: str | dt.date) -> dt.date:
@@ -109,9 +121,25 @@ class Archive:
         On the same machine the answers come uncompressed: a day of 864,000 rows reads in
         1.0 s instead of 1.3 s, the server's compressing and the client's decompressing
         costing more than loopback saves. Across a network Tiled's compression is kept.
+
+        Raises :class:`ServerUnreachable` within 3 s when nothing listens (instead of the
+        Tiled client's retries, which last tens of seconds), and :class:`ApiKeyError` when the
+        server refuses the key.
         """
+        _check_listening(url)
         headers = {"accept-encoding": "identity"} if _loopback(url) else None
-        return cls(tiled_from_uri(url, api_key=api_key, headers=headers), zone=zone)
+        try:
+            root = tiled_from_uri(url, api_key=api_key, headers=headers)
+        except ClientError as err:
+            if err.response.status_code in (401, 403):
+                raise ApiKeyError(f"the warden server at {url} refused the API key "
+                                  f"({err.response.status_code}: {_detail(err)})") from None
+            raise
+        except RuntimeError as err:  # tiled: "This server requires API key authentication."
+            if "API key" not in str(err):
+                raise
+            raise ApiKeyError(f"the warden server at {url} requires an API key") from None
+        return cls(root, zone=zone)
 
     @property
     def catalog(self):
@@ -204,6 +232,19 @@ class Archive:
             {"time": self._times(t["ts_connected"]), "connected": t["connected"].astype(bool)}
         )
         return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+    def recording(self, day: str | dt.date) -> pd.DataFrame:
+        """When the warden recorded on ``day``: one row per run, in start order.
+
+        Columns ``start`` and ``stop`` (aware local times); ``stop`` is NaT while the run is
+        open, and for a run whose service was killed (no stop document).
+        """
+        rows = []
+        for run in self._runs([parse_day(day).isoformat()]):
+            stop = run.metadata.get("stop") or {}
+            rows.append((run.metadata["start"]["time"], stop.get("time", np.nan)))
+        t = pd.DataFrame(rows, columns=["start", "stop"], dtype=float)
+        return pd.DataFrame({"start": self._times(t["start"]), "stop": self._times(t["stop"])})
 
     # -- raw rows (the ASCII day files are made from these) -----------------------------------
     def streams(self, day: str | dt.date) -> list[str]:
@@ -383,6 +424,29 @@ def _check_bin(bin: str | float | None, agg: str) -> None:
 
 def _binned(df: pd.DataFrame, bin: str | float | None, agg: str) -> pd.DataFrame:
     return df if bin is None else reduce.reduce_frame(df, bin, agg)
+
+
+def _check_listening(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise :class:`ServerUnreachable` unless something accepts a connection at ``url``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServerUnreachable(f"not a server URL: {url!r} (expected http://host:port)")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except ValueError:  # a port out of range
+        raise ServerUnreachable(f"not a server URL: {url!r} (bad port)") from None
+    except OSError as err:
+        why = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (
+            (err.strerror or str(err)).lower())
+        raise ServerUnreachable(f"cannot reach the warden server at {url}: {why}") from None
+
+
+def _detail(err: ClientError) -> str:
+    try:
+        return str(err.response.json().get("detail", "")) or err.response.reason_phrase
+    except ValueError:
+        return err.response.reason_phrase
 
 
 def _loopback(url: str) -> bool:

@@ -1,8 +1,9 @@
 """The ``warden`` command line.
 
 Exit codes: 0 success, 1 a runtime failure (server unreachable, ...), 2 bad input (a bad
-config file, an unknown object, a malformed date, a bad argument), always with a message
-naming what was wrong, never a traceback.
+config file, an unknown object, a malformed date, a bad argument, a wrong API key, a file
+that exists), always with one line naming what was wrong, never a traceback; 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class UsageError(ValueError):
+    """A command asked to do what it must not (overwrite a file without ``--force``, ...)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,19 +31,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from catalog.query import QueryError
+    from catalog.query import ApiKeyError, QueryError
     from catalog.uri import ArchiveURIError
 
     from .config import ConfigError
 
     try:
         return args.func(args) or 0
-    except (ConfigError, QueryError, ArchiveURIError) as err:
+    except ApiKeyError as err:
+        hint = "check" if os.environ.get("WARDEN_API_KEY") else "set"
+        print(f"warden {args.command}: {err}; {hint} WARDEN_API_KEY", file=sys.stderr)
+        return 2
+    except (ConfigError, QueryError, UsageError, ArchiveURIError) as err:
         print(f"warden {args.command}: {err}", file=sys.stderr)
         return 2
     except ConnectionError as err:
         print(f"warden {args.command}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"warden {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -71,12 +85,8 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     service = WardenService(config, public=args.public, port=args.port)
     url = service.start()
-    print(
-        f"warden: serving {len(config.objects)} objects at {url} "
-        f"({'public reads' if args.public else 'API key required'})",
-        flush=True,
-    )
-    _run_until_signalled(service)
+    _run_until_signalled(service, f"warden: serving {len(config.objects)} objects at {url} "
+                                  f"({'public reads' if args.public else 'API key required'})")
     return 0
 
 
@@ -101,20 +111,90 @@ def cmd_latest(args) -> int:
 def cmd_day(args) -> int:
     df = _archive(args).day(args.object, args.date, bin=args.bin, agg=args.agg)
     if args.format == "csv":
-        df.to_csv(sys.stdout, index=False)
+        _flat_arrays(df).to_csv(sys.stdout, index=False)
     elif args.format == "json":
         print(df.to_json(orient="records", date_format="iso"))
+    elif not len(df):
+        print(f"no readings of {args.object} on {args.date}")
     else:
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", 50, "display.width", 160):
-            print(df if len(df) else f"no readings of {args.object} on {args.date}")
+        print(_table(df))
+        print(f"{len(df)} rows; --format csv or json for every value")
     return 0
+
+
+def _table(df, edge: int = 20) -> str:
+    """The first and last ``edge`` rows (all of a short day), every attribute shown."""
+    import pandas as pd
+
+    if len(df) <= 3 * edge:
+        return _summarised(df).to_string(index=False)
+    lines = _summarised(pd.concat([df.head(edge), df.tail(edge)])).to_string(index=False)
+    lines = lines.splitlines()
+    return "\n".join([*lines[: edge + 1], "...", *lines[edge + 1 :]])
+
+
+def _summarised(df):
+    """The day's table for a terminal: local times, an array as ``[120] mean 3.2``."""
+    out = df.copy()
+    out["time"] = df["time"].dt.strftime("%H:%M:%S.%f").str[:-3]
+    for col in _array_columns(df):
+        out[col] = [_array_summary(v) for v in df[col]]
+    return out
+
+
+def _array_summary(value) -> str:
+    import numpy as np
+
+    if value is None or (np.ndim(value) == 0 and value != value):  # missing
+        return "-"
+    a = np.asarray(value, dtype=float).ravel()
+    finite = a[np.isfinite(a)]
+    return f"[{a.size}] mean {finite.mean():.4g}" if finite.size else f"[{a.size}]"
+
+
+def _flat_arrays(df):
+    """One column per array element, ``bunchIntensity[0]`` ... (a shorter row's extra
+    elements empty)."""
+    import numpy as np
+    import pandas as pd
+
+    arrays = _array_columns(df)
+    if not arrays:
+        return df
+    parts = []
+    for col in df.columns:
+        if col not in arrays:
+            parts.append(df[[col]])
+            continue
+        rows = [np.ravel(v) if v is not None else np.empty(0) for v in df[col]]
+        width = max((len(r) for r in rows), default=0)
+        if all(len(r) == width for r in rows):
+            block = np.stack(rows) if rows else np.empty((0, width))
+        else:
+            block = np.full((len(rows), width), np.nan)
+            for i, r in enumerate(rows):
+                block[i, : len(r)] = r
+        parts.append(pd.DataFrame(block, columns=[f"{col}[{j}]" for j in range(width)],
+                                  index=df.index))
+    return pd.concat(parts, axis=1)
+
+
+def _array_columns(df) -> list[str]:
+    import numpy as np
+
+    return [c for c in df.columns if df[c].dtype == object
+            and any(isinstance(v, np.ndarray | list | tuple) for v in df[c].head(50))]
 
 
 def cmd_export_ascii(args) -> int:
     from catalog.ascii import day_file_name, export_day
+    from catalog.query import parse_day
 
+    parse_day(args.date)
+    out = None
+    if args.output != "-":
+        out = Path(args.output or _with_object(day_file_name(args.prefix, args.date), args.object))
+        _refuse_to_overwrite(out, args.force)
     archive = _archive(args)
     if args.object is not None:  # a stream of that day may be an object no longer configured
         if args.object not in archive.objects() + archive.streams(args.date):
@@ -122,23 +202,58 @@ def cmd_export_ascii(args) -> int:
 
             raise UnknownObjectError(f"unknown object {args.object!r}")
     text = export_day(archive, args.date, object=args.object, zone=archive.zone)
-    if args.output == "-":
+    if out is None:
         sys.stdout.write(text)
     else:
-        from pathlib import Path
-
-        out = Path(args.output or day_file_name(args.prefix, args.date))
-        out.write_text(text, encoding="utf-8")
+        _write_new(out, text, args.force)
         print(f"{out}: {text.count(chr(10))} lines")
     return 0
 
 
-def cmd_plot(args) -> int:
-    from catalog.plot import render_day_png
+def _with_object(name: str, obj: str | None) -> str:
+    """``rhicdata.Nov062001.dat`` -> ``rhicdata.Nov062001.yi2-wcm3.dat`` for one object."""
+    if obj is None:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{obj}.{ext}"
 
-    path = render_day_png(_archive(args), args.object, args.date, args.attrs or None,
+
+def _refuse_to_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; --force to overwrite it")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such directory")
+
+
+def _write_new(path: Path, text: str, force: bool) -> None:
+    """Write ``text`` to ``path`` whole or not at all; never replace a file unless ``force``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists (appeared since the check)
+            except FileExistsError:
+                raise UsageError(f"{path} exists; --force to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cmd_plot(args) -> int:
+    from catalog.plot import disconnected_intervals, not_recording_intervals, render_day_png
+    from catalog.query import parse_day
+
+    archive = _archive(args)
+    path = render_day_png(archive, args.object, args.date, args.attrs or None,
                           args.output, args.width, args.height)
     print(f"{path}: {args.width}x{args.height} PNG of {args.object} on {args.date}")
+    day = parse_day(args.date)
+    gaps = [("not recording", g) for g in not_recording_intervals(archive, day)]
+    gaps += [("disconnected", g) for g in disconnected_intervals(archive, args.object, day)]
+    for what, (t0, t1) in sorted(gaps, key=lambda g: g[1][0]):
+        print(f"  {what:<14} {t0:%H:%M:%S} to {t1:%H:%M:%S}")
     return 0
 
 
@@ -191,9 +306,18 @@ def cmd_plugins(args) -> int:
         raise QueryError(f"plugins {args.action}: name the plugin")
     path = "" if args.action == "list" else f"/{args.name}/{args.action}"
     r = _control(args, "GET" if args.action == "list" else "POST", path)
+    if r.status_code in (401, 403):
+        from catalog.query import ApiKeyError
+
+        if os.environ.get("WARDEN_API_KEY"):
+            raise ApiKeyError(f"the warden server at {args.server} refused the API key")
+        raise ApiKeyError(f"the warden server at {args.server} requires an API key")
     if r.status_code >= 400:
-        print(f"warden plugins: {r.status_code} {r.json().get('detail', r.text)}",
-              file=sys.stderr)
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.reason_phrase
+        print(f"warden plugins: {r.status_code} {detail}", file=sys.stderr)
         return 2
     _print_plugins(r.json() if isinstance(r.json(), list) else [r.json()])
     return 0
@@ -207,7 +331,7 @@ def _control(args, method: str, path: str = ""):
     headers = {"Authorization": f"Apikey {key}"} if key else {}
     url = f"{args.server.rstrip('/')}/api/v1/warden/plugins{path}"
     try:
-        return httpx.request(method, url, headers=headers)
+        return httpx.request(method, url, headers=headers, timeout=10.0)
     except httpx.TransportError as err:
         raise ConnectionError(f"cannot reach the warden server at {args.server}: {err}") from None
 
@@ -228,7 +352,7 @@ def _archive(args):
 
     try:
         return Archive.from_uri(args.server, api_key=os.environ.get("WARDEN_API_KEY"))
-    except (httpx.TransportError, OSError) as err:
+    except httpx.TransportError as err:
         raise ConnectionError(f"cannot reach the warden server at {args.server}: {err}") from None
 
 
@@ -241,14 +365,46 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:36] + " ..."
 
 
-def _run_until_signalled(service) -> None:
-    """Run the service in this thread; SIGINT/SIGTERM close the run and return."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: service.stop())
+def _run_until_signalled(service, ready: str, duration: float | None = None,
+                         on_abort: Callable[[], object] | None = None) -> None:
+    """Print ``ready``, then run the service in this thread until SIGINT or SIGTERM (or
+    ``duration`` seconds).
+
+    The first signal closes the day's run and writes what is queued. A second one ends the
+    process at once (exit code 130), after ``on_abort``: the server and writer processes end
+    when they find the service gone, and the spool keeps what was not written for the next
+    start.
+    """
+    def stop_now(signum, frame):
+        print("warden: stopped at once; the spool keeps what was not written",
+              file=sys.stderr, flush=True)
+        if on_abort is not None:
+            on_abort()
+        sys.stdout.flush()
+        os._exit(130)
+
+    def stop(signum, frame):
+        print("warden: stopping; again to stop at once", file=sys.stderr, flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop_now)
+        service.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(ready, flush=True)  # once a signal stops the service cleanly
+    timer = threading.Timer(duration, service.stop) if duration is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         service.run()
     finally:
-        service.close()
+        if timer is not None:
+            timer.cancel()
+        try:
+            service.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -330,7 +486,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--object", default=None, help="only this object's lines")
     c.add_argument("--prefix", default="rhicdata", help="file name prefix (default rhicdata)")
     c.add_argument("-o", "--output", default=None,
-                   help="file to write (default <prefix>.<Mon><DD><YYYY>.dat; - for stdout)")
+                   help="file to write (default <prefix>.<Mon><DD><YYYY>.dat, or "
+                        "<prefix>.<Mon><DD><YYYY>.<object>.dat with --object; - for stdout)")
+    c.add_argument("--force", action="store_true", help="overwrite the file if it exists")
     c.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
     c.set_defaults(func=cmd_export_ascii)
 

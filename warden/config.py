@@ -1,11 +1,15 @@
 """The warden's configuration: one YAML file, validated with pydantic.
 
-Errors name the field and the object, e.g. ``objects[3] (ring-blue).period: must be > 0``.
+Errors name the field and the object, e.g. ``objects[3] (ring-blue).period: must be > 0``;
+an unknown field suggests the nearest known one, a YAML error names the file, line and column.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -216,10 +220,11 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases are not allowed")
+            raise ConfigError(f"{self.name}, line {event.start_mark.line + 1}: "
+                              "YAML aliases are not allowed")
         if self.depth >= MAX_CONFIG_DEPTH:  # the composer recurses once per level
             line = self.peek_event().start_mark.line + 1
-            raise ConfigError(f"line {line}: the config is nested too deeply "
+            raise ConfigError(f"{self.name}, line {line}: the config is nested too deeply "
                               f"(more than {MAX_CONFIG_DEPTH} levels)")
         self.depth += 1
         try:
@@ -228,14 +233,21 @@ class _NoAliasLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def parse_config(text: str) -> WardenConfig:
-    """Validate the YAML text of a config file."""
+def parse_config(text: str, source: str = "<config>") -> WardenConfig:
+    """Validate the YAML text of a config file (``source`` names it in YAML errors)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _NoAliasLoader(text)  # (checks the characters)
     except yaml.YAMLError as err:
-        raise ConfigError(f"not valid YAML: {err}") from None
+        raise ConfigError(_yaml_error(err, source)) from None
+    loader.name = source  # marks name the file, not "<unicode string>"
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(err, source)) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping of settings")
     try:
@@ -254,7 +266,24 @@ def load_config(path: str | Path) -> WardenConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
-    return parse_config(text)
+    return parse_config(text, str(path))
+
+
+def _yaml_error(err: yaml.YAMLError, source: str) -> str:
+    """One line: ``not valid YAML: FILE, line L, column C: problem (context at line L)``."""
+    if isinstance(err, yaml.reader.ReaderError):
+        first = str(err).splitlines()[0]
+        return f"not valid YAML: {source}, character {err.position + 1}: {first}"
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return f"not valid YAML: {source}: {' '.join(str(err).split())}"
+    text = f"not valid YAML: {source}, line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, at = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        where = f" at line {at.line + 1}" if at is not None and at.line != mark.line else ""
+        text += f" ({context}{where})"
+    return text
 
 
 _MESSAGES = {
@@ -287,6 +316,8 @@ def _describe(err: ValidationError, data: dict, most: int = 20) -> str:
                 path = path.replace(f"objects[{loc[1]}]", f"objects[{loc[1]}] ({obj['name']!r})", 1)
         template = _MESSAGES.get(e["type"])
         msg = template.format(**e.get("ctx", {})) if template else e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg += _nearest(str(loc[-1]), _fields_at(loc[:-1]))
         msg = msg.removeprefix("Value error, ")
         if field := re.match(r"^([a-z_]+): ", msg):  # a model-level check naming its field
             path, msg = f"{path}.{field.group(1)}", msg[field.end() :]
@@ -297,3 +328,34 @@ def _describe(err: ValidationError, data: dict, most: int = 20) -> str:
     if len(errors) > most:  # a giant list of bad items: not a giant message
         lines.append(f"... and {len(errors) - most} more errors")
     return "\n".join(lines)
+
+
+def _fields_at(loc: list) -> list[str]:
+    """The field names of the settings model at ``loc`` (``["objects", 3]``: an object's)."""
+    model: type[BaseModel] | None = WardenConfig
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, str) and not part.startswith(("function-", "tagged-union")):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The settings model inside ``list[X]``, ``X | None``, ``Annotated[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            if found := _model_in(arg):
+                return found
+    return None
+
+
+def _nearest(name: str, known: list[str]) -> str:
+    """`` (did you mean 'period'?)``, else the known names, else nothing."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(known)})" if known else ""

@@ -44,6 +44,9 @@ def control_router(
         authorize(request, write=True)
         if action not in ("start", "stop"):
             raise HTTPException(status_code=404, detail=f"unknown action {action!r}")
+        if name in discovered and name not in runner.states:
+            raise HTTPException(status_code=404, detail=f"plugin {name!r} is not in the "
+                                f"config: add {{name: {name}}} to its plugins and restart")
         if name not in runner.states:
             raise HTTPException(status_code=404, detail=f"unknown plugin {name!r}")
         return runner.enable(name, action == "start")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 MONITORED_TYPES = {"WcmControl", "DvmControl"}
 SCAN = {"ringSpec": (10, 1), "irSpec": (10, 3), "SisScaler": (5, 1), "Polarimeter": (30, 5)}
+DEMO_PLUGINS = ("lifetime", "fill")  # the bundled plugins, running: `warden plugins stop NAME`
 
 
 def demo_config(data_dir: Path, port: int):
-    """The RHIC objects of the simulated IOC (as in ``examples/rhic.yaml``, faster polls)."""
+    """The RHIC objects of the simulated IOC (as in ``examples/rhic.yaml``, faster polls) and
+    the bundled plugins."""
     from warden_devices.machine import RHIC_OBJECTS
 
     from .config import WardenConfig
@@ -33,6 +35,7 @@ def demo_config(data_dir: Path, port: int):
             "archive": f"sqlite:///{(data_dir / 'archive.db').resolve()}",
             "serve": {"host": "127.0.0.1", "port": port},
             "objects": objects,
+            "plugins": [{"name": name} for name in DEMO_PLUGINS],
         }
     )
 
@@ -93,12 +96,10 @@ def run_demo(data_dir: str, port: int, duration: float | None, update_period: fl
         config = demo_config(data, port)
         service = WardenService(config, public=True, port=port)
         url = service.start()
-        print(_banner(url, data, ca_port, service.api_key), flush=True)
-        if duration is not None:
-            threading.Timer(duration, service.stop).start()
         threading.Thread(target=_progress, args=(service,), daemon=True).start()
-        _run_until_signalled(service)
-        print("warden demo: stopped; the archive stays in", data.resolve())
+        _run_until_signalled(service, _banner(url, data, ca_port, service.api_key), duration,
+                             on_abort=ioc.kill)
+        print("warden demo: stopped; the archive stays in", data.resolve(), flush=True)
     finally:
         ioc.terminate()
         ioc.wait(timeout=10)
@@ -118,9 +119,10 @@ Try, in another shell:
   warden latest yi2-wcm3 --server {url}
   warden day yi2-wcm3 {time.strftime("%Y-%m-%d")} --server {url}
   warden status --server {url}
+  WARDEN_API_KEY={key} warden plugins stop fill --server {url}
   python -c "from tiled.client import from_uri; print(from_uri('{url}')['archive'])"
 
-Ctrl-C stops the demo.
+Ctrl-C stops the demo (a second Ctrl-C at once).
 """
 
 

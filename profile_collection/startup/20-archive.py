@@ -63,5 +63,5 @@ try:
     print(f"warden profile: archive at {WARDEN_SERVER}: "  # noqa: F821
           f"{len(archive.days())} days, {len(archive.objects())} objects")
 except Exception as _err:  # noqa: BLE001 - the session must start without a server
-    print(f"warden profile: cannot reach {WARDEN_SERVER} yet ({_err!r}); "  # noqa: F821
+    print(f"warden profile: no archive yet ({_err}); "
           "call connect() when it is up")
