@@ -36,6 +36,7 @@ from fastapi import HTTPException
 from catalog.backends import open_backend
 from catalog.latest import SharedLatest
 from catalog.server import TiledServer, warden_app
+from catalog.ui import mount_ui
 
 from .control import control_router
 
@@ -197,6 +198,7 @@ def service_server(tree, latest, runner, spec: ServerSpec) -> TiledServer:
     ``latest``, plugin control through ``runner``; host, port, keys and logs from ``spec``."""
     router = control_router(runner, spec.api_key, spec.public, spec.discovered)
     app = warden_app(tree, latest, spec.zone, spec.api_key, spec.public, routers=[router])
+    mount_ui(app, latest, spec.zone, spec.api_key, spec.public)  # the web page, /warden/
     log_dir = Path(spec.log_dir) if spec.log_dir else None
     return TiledServer(app, host=spec.host, port=spec.port, log_dir=log_dir)
 
