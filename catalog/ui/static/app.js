@@ -283,7 +283,7 @@ async function loadPlugins() {
     cells[3].title = p.last_error || "";
     if (p.state !== "available") {
       const button = document.createElement("button");
-      const action = p.state === "running" ? "stop" : "start";
+      const action = p.state === "stopped" ? "start" : "stop";  // enabled or running
       button.textContent = action;
       button.addEventListener("click", () => switchPlugin(p.name, action));
       cells[4].appendChild(button);
@@ -303,8 +303,13 @@ async function switchPlugin(name, action) {
     await api(`/api/v1/warden/plugins/${encodeURIComponent(name)}/${action}`, { method: "POST" });
     $("plugin-message").textContent = `${name}: ${action} done`;
   } catch (err) {
-    $("plugin-message").textContent = err instanceof NeedKey
-      ? `${action} ${name}: the key was refused` : String(err.message || err);
+    if (err instanceof NeedKey) {  // ask again next time
+      key = "";
+      sessionStorage.removeItem("warden-key");
+      $("plugin-message").textContent = `${action} ${name}: the key was refused`;
+    } else {
+      $("plugin-message").textContent = String(err.message || err);
+    }
   }
   loadPlugins();
 }
@@ -317,7 +322,7 @@ function openDetail(name) {
   $("detail-title").textContent = name;
   $("day").value = day;
   loadDetail();
-  $("detail").scrollIntoView({ behavior: "smooth" });
+  $("detail").scrollIntoView({ block: "nearest" });
 }
 
 async function loadDetail() {
@@ -358,6 +363,8 @@ function drawDetail() {
   const t0 = d.data.start, t1 = d.data.end;
   const n = s ? s.t.length : 0;
   canvas.dataset.points = n;
+  canvas.dataset.start = t0;
+  canvas.dataset.end = t1;
   const binned = s && s.mean !== undefined;
   $("plot-info").textContent = n
     ? `${d.data.rows.toLocaleString()} rows` + (binned ? `, ${n} bins of ${age(s.width)}` : "")
