@@ -6,8 +6,9 @@
   fetched from elsewhere), and ``/`` redirecting to it (Tiled's own browser stays at ``/ui/``);
 * under ``/api/v1/warden/ui/``, what the page reads, with the key as every read of the
   server needs it (``Authorization: Apikey <key>``) unless the server is public:
-  ``overview`` (objects, zone, every latest entry), ``token`` then ``events?token=`` (the
-  entries that change, as server-sent events), ``series`` (an object's attributes over a
+  ``overview`` (objects, zone, every latest entry), ``events`` (the entries that change, as
+  server-sent events; opened with ``?token=`` from ``POST token``, which always needs the
+  key, unless the server is public), ``series`` (an object's attributes over a
   range, binned when long) and ``export`` (a day as CSV or as the day's ASCII lines).
 
 Histories are read through the server's own HTTP API with :class:`catalog.query.Archive`.
@@ -52,14 +53,15 @@ class _Reads:
         self._archive: Archive | None = None
         self._lock = threading.Lock()
 
-    def allowed(self, request: Request) -> bool:
-        """A read on a public server, or the right key (header or ``?api_key=``)."""
+    def allowed(self, request: Request, keyed: bool = False) -> bool:
+        """A read on a public server (unless ``keyed``), or the right key (header or
+        ``?api_key=``)."""
         header = request.headers.get("authorization", "")
         given = header[len("Apikey "):].strip() if header.startswith("Apikey ") else ""
         given = given or request.query_params.get("api_key", "")
         if given:
             return secrets.compare_digest(given.encode(), self.api_key.encode())
-        return self.public
+        return self.public and not keyed
 
     def archive(self, request: Request) -> Archive:
         """The query helper on this very server (the address the request came in on)."""
@@ -117,7 +119,7 @@ def ui_routes(store: LatestReader, timezone: str, api_key: str, public: bool = F
         })
 
     async def token(request: Request) -> Response:
-        if not reads.allowed(request):
+        if not reads.allowed(request, keyed=True):  # (a public stream needs none)
             return _refused()
         return JSONResponse({"token": tokens.issue(), "ttl": tokens.ttl})
 

@@ -408,8 +408,15 @@ function drawTimeAxis(ctx, t0, t1, x0, x1, yAxis) {
     timeZone: state.cfg.timezone, hour: "2-digit", minute: "2-digit",
     second: step < 60 ? "2-digit" : undefined, hourCycle: "h23",
   });
+  // ticks on round local times: the facility's wall clock at t0, in seconds of its day
+  const wall = new Intl.DateTimeFormat("en-GB", {
+    timeZone: state.cfg.timezone, hour: "numeric", minute: "numeric", second: "numeric",
+    hourCycle: "h23",
+  }).formatToParts(new Date(t0 * 1000));
+  const part = (type) => Number(wall.find((p) => p.type === type).value);
+  const into = (part("hour") * 3600 + part("minute") * 60 + part("second")) % step;
   ctx.fillStyle = "#333";
-  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+  for (let t = t0 + (into ? step - into : 0); t <= t1; t += step) {
     const x = x0 + (t - t0) / span * (x1 - x0);
     ctx.fillText(fmt.format(new Date(t * 1000)), x - 16, yAxis + 16);
     ctx.beginPath();
