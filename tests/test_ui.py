@@ -344,3 +344,37 @@ def test_bins_agree_with_pandas():
     assert np.allclose(got["t"], df.mean().index * 20 + 10)
     few = reduce_bins(t[:10], v[:10], 0.0, 1000.0, 50)  # (v[0] is NaN)
     assert few["t"] == t[1:10].tolist() and few["v"] == v[1:10].tolist()
+
+
+def test_a_server_with_a_page_open_stops():
+    """An event stream never ends on its own: stopping the server ends it, and the server."""
+    import threading
+
+    from tiled.adapters.mapping import MapAdapter
+
+    from catalog.latest import LatestStore
+    from catalog.server import TiledServer, warden_app
+    from catalog.ui import mount_ui
+
+    store = LatestStore(["yi2-wcm3"])
+    app = warden_app(MapAdapter({}), store, "America/New_York", KEY, public=True)
+    mount_ui(app, store, "America/New_York", KEY, public=True)
+    server = TiledServer(app)
+    url = server.start()
+    opened, ended = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        try:
+            with httpx.stream("GET", f"{url}/api/v1/warden/ui/events", timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        opened.set()
+        except httpx.HTTPError:
+            pass
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert opened.wait(30)
+    server.stop()
+    assert not server._thread.is_alive()  # (stop waits 10 s for it)
+    assert ended.wait(10)
