@@ -2,7 +2,7 @@
 
 In one process, a request waits for the interpreter lock that the monitoring plan, the
 devices' callbacks and the archive writer hold most of the time: at 1,000 objects and 20,000
-values/s the p99 of ``latest`` went from 6 ms idle to 56 ms (issue 6). So the service runs its
+values/s the p99 of ``latest`` went from 6 ms idle to 56 ms. So the service runs its
 server in a child process, which
 
 * opens the same archive (the service's writer still writes through this server's HTTP API
