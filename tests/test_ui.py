@@ -378,3 +378,35 @@ def test_a_server_with_a_page_open_stops():
     server.stop()
     assert not server._thread.is_alive()  # (stop waits 10 s for it)
     assert ended.wait(10)
+
+
+def test_the_feed_sends_what_changed_and_tokens_open_once():
+    import asyncio
+
+    from catalog.ui.feed import LatestFeed, StreamTokens
+
+    class Store:
+        objects = ["a", "b"]
+        values = {"a": 1, "b": 2}
+
+        def get(self, name):
+            return {"object": name, "value": self.values[name]}
+
+    async def two_events(feed, change):
+        stream, seen = feed.events(), []
+        seen.append(await anext(stream))
+        change()
+        seen.append(await anext(stream))
+        await stream.aclose()
+        return seen
+
+    store = Store()
+    first, second = asyncio.run(two_events(LatestFeed(store, interval=0.01),
+                                           lambda: store.values.update(b=3)))
+    assert '"a"' in first and '"b"' in first
+    assert '"a"' not in second and '"b":{"object":"b","value":3}' in second
+    tokens = StreamTokens()
+    token = tokens.issue()
+    assert tokens.redeem(token) and not tokens.redeem(token) and not tokens.redeem("made-up")
+    expired = StreamTokens(ttl=0)
+    assert not expired.redeem(expired.issue())
