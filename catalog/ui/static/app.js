@@ -73,7 +73,7 @@ async function start() {
   buildTable(cfg.objects);
   applyEntries(cfg.entries);
   connect();
-  cfg.objects.forEach(loadSpark);
+  loadSparks(cfg.objects);
   loadPlugins();
   setInterval(tick, 1000);
   setInterval(loadPlugins, 10000);
@@ -191,6 +191,13 @@ function setLive(on) {
 }
 
 // -- sparklines ---------------------------------------------------------------------------------
+async function loadSparks(names) {
+  // two reads at a time: each reads the archive
+  const queue = names.slice();
+  const worker = async () => { while (queue.length) await loadSpark(queue.shift()); };
+  await Promise.all([worker(), worker()]);
+}
+
 async function loadSpark(name) {
   const entry = state.entries[name];
   const attr = entry && primary(entry);
@@ -199,7 +206,7 @@ async function loadSpark(name) {
     const data = await (await api(`${API}/series?object=${encodeURIComponent(name)}&bins=120`))
       .json();
     const s = data.attributes[attr] || { t: [], v: [] };
-    const spark = { attr, t: s.t.slice(), v: (s.mean || s.v).slice() };
+    const spark = { attr, t: s.t.slice(), v: (s.mean || s.v).slice() };  // (finite only)
     const live = state.sparks[name];  // what came in while this was read
     if (live) {
       const last = spark.t.length ? spark.t[spark.t.length - 1] : -Infinity;
@@ -220,7 +227,7 @@ function extendSpark(name, entry) {
   if (spark.attr !== attr) return;
   const a = entry.attributes[attr];
   const last = spark.t.length ? spark.t[spark.t.length - 1] : -Infinity;
-  if (a.timestamp > last) { spark.t.push(a.timestamp); spark.v.push(a.value); }
+  if (typeof a.value === "number" && a.timestamp > last) { spark.t.push(a.timestamp); spark.v.push(a.value); }
   const first = now() - HOUR;
   while (spark.t.length && spark.t[0] < first) { spark.t.shift(); spark.v.shift(); }
   drawSpark(name);
@@ -349,7 +356,7 @@ async function loadDetail() {
 function followDetail(entry) {
   // today's whole-day view grows with the live values (re-read at most every 10 s)
   const d = state.detail;
-  if (!entry || !d || d.day !== state.cfg.today || d.start !== null) return;
+  if (!entry || !d || d.day !== state.cfg.today || d.start !== null || document.hidden) return;
   if (!d.reread || Date.now() - d.reread > 10000) { d.reread = Date.now(); loadDetail(); }
 }
 
