@@ -185,6 +185,7 @@ class TiledServer:
                 log_config=log_config,
                 access_log=log_dir is not None,
                 log_level="warning",
+                timeout_graceful_shutdown=2,  # (a web page's event stream never ends itself)
             )
         )
         if log_dir is not None:  # uvicorn sets both loggers to log_level: requests are INFO

@@ -259,13 +259,15 @@ def app_routes() -> list[tuple[str, set[str]]]:
 
     from catalog.latest import LatestStore
     from catalog.server import warden_app
+    from catalog.ui import mount_ui
     from warden.control import control_router
     from warden.plugins.runner import PluginRunner
 
     runner = PluginRunner([], lambda name: {}, time.time, 1, 0.1)
-    app = warden_app(MapAdapter({}), LatestStore(["yi2-wcm3", "bo2-wcm3", "lifetime"]),
-                     "America/New_York", KEY, public=True,
+    store = LatestStore(["yi2-wcm3", "bo2-wcm3", "lifetime"])
+    app = warden_app(MapAdapter({}), store, "America/New_York", KEY, public=True,
                      routers=[control_router(runner, KEY, public=True)])
+    mount_ui(app, store, "America/New_York", KEY, public=True)  # as service_server does
     routes = {path: {m.upper() for m in ops} for path, ops in app.openapi()["paths"].items()}
     for route in app.routes:
         path = getattr(route, "path", None)

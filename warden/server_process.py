@@ -31,6 +31,7 @@ from catalog.backends import open_backend
 from catalog.latest import Latest, SharedLatest
 from catalog.retrieval import retrieval_router
 from catalog.server import TiledServer, warden_app
+from catalog.ui import mount_ui
 
 from .control import control_router
 from .processes import child_context, start_child
@@ -150,6 +151,7 @@ def service_server(tree, latest: Latest, runner, spec: ServerSpec) -> TiledServe
     router = control_router(runner, spec.api_key, spec.public, spec.discovered)
     app = warden_app(tree, latest, spec.zone, spec.api_key, spec.public, routers=[router])
     app.include_router(retrieval_router(tree, latest, spec.zone, spec.api_key, spec.public))
+    mount_ui(app, latest, spec.zone, spec.api_key, spec.public)  # the web page, /warden/
     log_dir = Path(spec.log_dir) if spec.log_dir else None
     return TiledServer(app, host=spec.host, port=spec.port, log_dir=log_dir)
 
