@@ -4,7 +4,7 @@ The transport between the warden's shards and the archive writer (:mod:`warden.s
 Everything of one deployment is named after it (``name``, default ``warden``):
 
 * the stream ``<name>-docs`` holds every document, on the subject ``<name>.docs.<shard>``;
-  it keeps them on disk until the archive writer has acknowledged them;
+  it keeps them on disk until the archive writer has acknowledged them (a work queue);
 * the durable consumer ``<name>-archive`` is the archive writer's place in that stream;
 * the key-value bucket ``<name>-latest`` holds the newest entry of every object, which every
   Tiled server replica watches;
@@ -15,8 +15,9 @@ the document's own uid, and publishes a batch again until JetStream acknowledges
 message published twice within the stream's duplicate window is stored once.
 :class:`JetStreamWriter` fetches batches, writes them through the sink and acknowledges a
 batch only once it is written and committed. A writer killed before its acknowledgement
-gets the batch again when it restarts; the sink skips the rows the archive holds
-(:class:`catalog.writer.TiledRunSink`), so nothing is lost or doubled.
+leaves the batch in the stream; the next writer makes the consumer again
+(:meth:`JetStreamWriter._take_over`) and gets it first, in order; the sink skips the rows
+the archive holds (:class:`catalog.writer.TiledRunSink`), so nothing is lost or doubled.
 
 bluesky-nats publishes documents to JetStream too, but it is not used: it waits for each
 document's acknowledgement on the RunEngine's thread, sets no ``Nats-Msg-Id`` (a document
@@ -40,7 +41,14 @@ import msgpack
 import nats
 import nats.errors
 from event_model import merge_event_pages
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from .spool import decode, encode
@@ -105,8 +113,9 @@ class NatsLink:
 
     def ensure_stream(self) -> None:
         """Create the deployment's document stream if it is not there (file storage)."""
-        config = StreamConfig(name=self.bus.stream, subjects=[self.bus.subject(">")[:-2] + ".>"],
-                              storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
+        config = StreamConfig(name=self.bus.stream, subjects=[self.bus.subject(">")],
+                              retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                              duplicate_window=DUPLICATE_WINDOW)
 
         async def ensure() -> None:
             try:
@@ -233,9 +242,8 @@ class JetStreamWriter:
     """Write the deployment's documents from JetStream into ``sink``, on a thread of its own.
 
     Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first), gives them to
-    the sink in stream order, commits, and acknowledges the batch (``AckPolicy.ALL``: the
-    last message's acknowledgement covers the batch). While the archive cannot be reached
-    the batch is written again after a pause, unacknowledged. ``on_written(name, doc,
+    the sink in stream order, commits, and acknowledges the batch. While the archive cannot
+    be reached the batch is written again after a pause, unacknowledged. ``on_written(name, doc,
     shard)`` hears every document written.
     """
 
@@ -247,15 +255,26 @@ class JetStreamWriter:
         self.errors = 0  # documents the archive refused
         self.last_error = ""
         link.ensure_stream()
-        config = ConsumerConfig(durable_name=link.bus.consumer, ack_policy=AckPolicy.ALL,
-                                ack_wait=120.0, max_ack_pending=-1)
-        self._sub = link.call(link.js.pull_subscribe(
-            link.bus.subject(">")[:-2] + ".>", durable=link.bus.consumer,
-            stream=link.bus.stream, config=config))
+        self._sub = link.call(self._take_over())
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jetstream-writer", daemon=True)
         self._thread.start()
+
+    async def _take_over(self):
+        """Become the deployment's writer: the consumer is made again, so that every message
+        not acknowledged (a writer killed with a batch in hand) comes again at once, in order.
+        One writer per deployment at a time."""
+        js, bus = self.link.js, self.link.bus
+        try:
+            await js.delete_consumer(bus.stream, bus.consumer)
+        except NotFoundError:
+            pass
+        config = ConsumerConfig(durable_name=bus.consumer, ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.ALL, ack_wait=120.0,
+                                max_ack_pending=-1)
+        return await js.pull_subscribe(bus.subject(">"), durable=bus.consumer,
+                                       stream=bus.stream, config=config)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -285,7 +304,7 @@ class JetStreamWriter:
         while not self._stop.is_set():
             try:
                 self._write_batch(docs)
-                self.link.call(messages[-1].ack_sync())
+                self.link.call(_ack(messages))
                 return
             except Exception as exc:  # noqa: BLE001
                 if not _unreachable(exc) and not isinstance(exc, TimeoutError | nats.errors.Error):
@@ -354,6 +373,14 @@ class JetStreamWriter:
         close_sink = getattr(self.sink, "close", None)
         if close_sink is not None:
             close_sink()
+
+
+async def _ack(messages: list) -> None:
+    """Acknowledge ``messages``: all sent at once, the last one confirmed by the server
+    (it handles them in order)."""
+    for message in messages[:-1]:
+        await message.ack()
+    await messages[-1].ack_sync()
 
 
 class SharedRunSink:
