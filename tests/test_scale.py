@@ -153,7 +153,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 120.0) ->
 
 def _rows(archive: Archive, run) -> dict[str, list[int]]:
     """``seq_num`` of every row of every stream of ``run``."""
-    return {name: list(run[name]["internal"].read()["seq_num"]) for name in run}
+    return {name: list(run[name].base["internal"].read()["seq_num"]) for name in run}
 
 
 @pytest.mark.timeout(900)
@@ -183,7 +183,7 @@ def test_two_shards_one_day_run_latest_for_all_writer_killed_loses_and_doubles_n
             # every object of both shards lands in one run
             _wait(lambda: len(archive.catalog) == 1 and all(
                 n in archive.catalog.values().first() and
-                len(archive.catalog.values().first()[n]["internal"].read()) >= 2
+                len(archive.catalog.values().first()[n].base["internal"].read()) >= 2
                 for n in names), 300, "rows of every object in one run")
 
             # the writer (and its server) killed mid-stream; another takes over
