@@ -21,10 +21,11 @@ import pytest
 import yaml
 from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
 
+from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
 from catalog.query import Archive
 from warden.cli import main
 from warden.config import parse_config
-from warden.shards import shard_config, shard_of
+from warden.shards import SharedDayRuns, shard_config, shard_of
 
 NATS_URL = os.environ.get("WARDEN_TEST_NATS_URL", "nats://127.0.0.1:4222")
 API_KEY = "scaletest0key"
@@ -108,6 +109,42 @@ def deployment(nats_server):
         await nc.close()
 
     asyncio.run(remove())
+
+
+def test_a_restarted_shard_opens_the_next_generation_and_shards_meet_in_it(deployment):
+    bus = Bus(NATS_URL, deployment)
+    link = NatsLink(bus)
+    try:
+        docs = []
+        runs = [SharedDayRuns(lambda n, d: docs.append((n, d)),
+                              lambda day, i=i: open_generation(link, day, i, 2), deployment, 2)
+                for i in (0, 1, 0, 1)]  # shard 0, shard 1, both restarted within the day
+        uids = [r.day_run("2001-11-06") for r in runs]
+        assert uids[0] == uids[1] != uids[2] == uids[3]
+        assert runs[0].day_run("2001-11-07") != uids[0]  # (generation 0 of another day)
+
+        runs[1]("start", {"uid": "local", "day": "2001-11-06", "time": 0})
+        runs[1]("descriptor", {"uid": "d", "run_start": "local", "name": "x"})
+        runs[1]("stop", {"uid": "s", "run_start": "local"})
+        start, descriptor, stop = (d for _, d in docs)
+        assert start["uid"] == descriptor["run_start"] == stop["run_start"] != "local"
+    finally:
+        link.close()
+
+
+def test_a_document_published_twice_is_stored_once(deployment):
+    link = NatsLink(Bus(NATS_URL, deployment))
+    try:
+        link.ensure_stream()
+        publisher = DocumentPublisher(link, shard=0)
+        doc = {"uid": "u1", "time": 1.0, "day": "2001-11-06"}
+        publisher("start", doc)
+        publisher("start", dict(doc))  # (a batch published again after a lost acknowledgement)
+        assert publisher.close(30)
+        info = link.call(link.js.stream_info(link.bus.stream))
+        assert info.state.messages == 1
+    finally:
+        link.close()
 
 
 def _start(args: list[str], log) -> subprocess.Popen:
