@@ -8,7 +8,10 @@ Everything of one deployment is named after it (``name``, default ``warden``):
 * the durable consumer ``<name>-archive`` is the archive writer's place in that stream;
 * the key-value bucket ``<name>-latest`` holds the newest entry of every object, which every
   Tiled server replica watches;
-* the key-value bucket ``<name>-days`` holds which day runs each shard has opened.
+* the key-value bucket ``<name>-days`` holds which day runs each shard has opened;
+* the key-value bucket ``<name>-runs`` keeps every start and descriptor by uid: the stream
+  drops what is acknowledged, so a writer started again learns from it the streams of the
+  event pages it gets (:meth:`JetStreamWriter._recover`).
 
 :class:`DocumentPublisher` publishes in order, each message with a ``Nats-Msg-Id`` made from
 the document's own uid, and publishes a batch again until JetStream acknowledges it: a
@@ -49,7 +52,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from .spool import decode, encode
 
@@ -83,6 +86,10 @@ class Bus:
     @property
     def days_bucket(self) -> str:
         return f"{self.name}-days"
+
+    @property
+    def runs_bucket(self) -> str:
+        return f"{self.name}-runs"
 
 
 class NatsLink:
@@ -186,11 +193,13 @@ class DocumentPublisher:
         self.retries = 0  # batches published again
         self._given = 0
         self._done = threading.Condition()
+        self.runs = link.bucket(link.bus.runs_bucket)
         self._queue: asyncio.Queue = link.call(_make_queue())
         self._task = link.submit(self._pump())
 
     def __call__(self, name: str, doc: dict) -> None:
-        item = (message_id(name, doc), encode(name, doc))
+        kept = doc["uid"] if name in ("start", "descriptor") else None
+        item = (message_id(name, doc), encode(name, doc), kept)
         with self._done:
             self._given += 1
         self.link.loop.call_soon_threadsafe(self._queue.put_nowait, item)
@@ -209,12 +218,14 @@ class DocumentPublisher:
                 self.published += len(items)
                 self._done.notify_all()
 
-    async def _publish(self, items: list[tuple[str, bytes]]) -> bool:
+    async def _publish(self, items: list[tuple[str, bytes, str | None]]) -> bool:
         js = self.link.js
         try:
+            kept = [self.runs.put(key, payload) for _, payload, key in items if key]
+            await asyncio.wait_for(asyncio.gather(*kept), self.timeout)  # before the stream
             acks = [await js.publish_async(self.subject, payload, wait_stall=self.timeout,
                                            headers={**self.headers, "Nats-Msg-Id": mid})
-                    for mid, payload in items]
+                    for mid, payload, _ in items]
             await asyncio.wait_for(asyncio.gather(*acks), self.timeout)
         except Exception as err:  # noqa: BLE001 - NATS away or slow: the batch again
             log.warning("NATS: %d documents not acknowledged (%r); publishing them again",
@@ -255,6 +266,7 @@ class JetStreamWriter:
         self.errors = 0  # documents the archive refused
         self.last_error = ""
         link.ensure_stream()
+        self._runs = link.bucket(link.bus.runs_bucket)
         self._sub = link.call(self._take_over())
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -337,10 +349,12 @@ class JetStreamWriter:
         from .writer import _unreachable
 
         try:
-            if isinstance(self.sink, SharedRunSink):
-                self.sink(name, doc, shard)
-            else:
-                self.sink(name, doc)
+            try:
+                self._deliver(name, doc, shard)
+            except KeyError:  # an event page of a stream this writer has not seen described
+                if name != "event_page" or not self._recover(doc["descriptor"]):
+                    raise
+                self._deliver(name, doc, shard)
         except Exception as exc:  # noqa: BLE001
             if _unreachable(exc):
                 raise
@@ -352,6 +366,25 @@ class JetStreamWriter:
             self.written += len(doc["seq_num"])
         if self.on_written is not None:
             self.on_written(name, doc, shard)
+
+    def _deliver(self, name: str, doc: dict, shard: int) -> None:
+        if isinstance(self.sink, SharedRunSink):
+            self.sink(name, doc, shard)
+        else:
+            self.sink(name, doc)
+
+    def _recover(self, descriptor: str) -> bool:
+        """Give the sink the start and the descriptor of a stream from the runs bucket (a
+        writer killed after they were acknowledged); False if the bucket has not got them."""
+        try:
+            _, desc = decode(self.link.call(self._runs.get(descriptor)).value)
+            _, start = decode(self.link.call(self._runs.get(desc["run_start"])).value)
+        except KeyNotFoundError:
+            return False
+        inner = self.sink.sink if isinstance(self.sink, SharedRunSink) else self.sink
+        inner("start", start)  # (the run and the stream exist: the sink only looks them up)
+        inner("descriptor", desc)
+        return True
 
     def pending(self) -> int:
         """Messages in the stream not yet acknowledged by this deployment's writer."""

@@ -101,7 +101,7 @@ def deployment(nats_server):
 
         nc = await nats.connect(nats_server)
         js = nc.jetstream()
-        for stream in (f"{name}-docs", f"KV_{name}-latest", f"KV_{name}-days"):
+        for stream in (f"{name}-docs", *(f"KV_{name}-{b}" for b in ("latest", "days", "runs"))):
             try:
                 await js.delete_stream(stream)
             except Exception:  # noqa: BLE001 - not made
