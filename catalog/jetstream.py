@@ -267,7 +267,10 @@ class JetStreamWriter:
         self.last_error = ""
         link.ensure_stream()
         self._runs = link.bucket(link.bus.runs_bucket)
+        link.bucket(link.bus.latest_bucket)
         self._sub = link.call(self._take_over())
+        self._names: dict[str, str] = {}  # descriptor uid -> stream name
+        self._archived: dict[str, float] = {}  # stream -> newest upstream time written
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jetstream-writer", daemon=True)
@@ -317,6 +320,7 @@ class JetStreamWriter:
             try:
                 self._write_batch(docs)
                 self.link.call(_ack(messages))
+                self._publish_archived()
                 return
             except Exception as exc:  # noqa: BLE001
                 if not _unreachable(exc) and not isinstance(exc, TimeoutError | nats.errors.Error):
@@ -362,8 +366,13 @@ class JetStreamWriter:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("the archive refused a %s document from shard %d", name, shard)
             return
-        if name == "event_page":
+        if name == "descriptor":
+            self._names[doc["uid"]] = doc["name"]
+        elif name == "event_page":
             self.written += len(doc["seq_num"])
+            stream = self._names.get(doc["descriptor"])
+            if stream is not None and doc["timestamps"]:
+                self._archived[stream] = max(max(ts) for ts in doc["timestamps"].values())
         if self.on_written is not None:
             self.on_written(name, doc, shard)
 
@@ -384,7 +393,29 @@ class JetStreamWriter:
         inner = self.sink.sink if isinstance(self.sink, SharedRunSink) else self.sink
         inner("start", start)  # (the run and the stream exist: the sink only looks them up)
         inner("descriptor", desc)
+        self._names[desc["uid"]] = desc["name"]
         return True
+
+    def _publish_archived(self) -> None:
+        """Put the newest upstream time written of every stream written to into ``latest``'s
+        bucket (its ``archived_time``); a failure is logged, the next batch puts it again."""
+        archived, self._archived = self._archived, {}
+        if not archived:
+            return
+        subject = f"$KV.{self.link.bus.latest_bucket}."
+
+        async def put() -> None:
+            acks = [await self.link.js.publish_async(subject + latest_key(name, "a"),
+                                                     msgpack.packb(t))
+                    for name, t in archived.items()]
+            await asyncio.gather(*acks)
+
+        try:
+            self.link.call(put())
+        except Exception:  # noqa: BLE001
+            log.exception("latest: archived times not published")
+            for name, t in archived.items():
+                self._archived.setdefault(name, t)
 
     def pending(self) -> int:
         """Messages in the stream not yet acknowledged by this deployment's writer."""
@@ -478,9 +509,11 @@ class SharedRunSink:
 
 
 # -- latest in a key-value bucket ------------------------------------------------------------------
-def latest_key(name: str) -> str:
-    """An object's key in the bucket (object names may hold ``:`` and ``+``, keys may not)."""
-    return "o." + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+def latest_key(name: str, kind: str = "o") -> str:
+    """An object's key in the bucket: ``o.`` its entry (put by its shard), ``a.`` the newest
+    upstream time in the archive (put by the writer). Object names may hold ``:`` and ``+``,
+    keys may not: the name is base64-coded."""
+    return f"{kind}." + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
 
 
 def empty_entry(name: str) -> dict[str, Any]:
@@ -550,8 +583,10 @@ class LatestKV:
         self.link = link
         self.objects = list(objects)
         self._known = set(objects)
-        self._by_key = {latest_key(name): name for name in objects}
+        self._by_key = {latest_key(name, kind): (name, kind) for name in objects
+                        for kind in ("o", "a")}
         self._entries: dict[str, dict] = {}
+        self._archived: dict[str, float] = {}
         kv = link.bucket(link.bus.latest_bucket)
         self._watcher = link.call(kv.watchall())
         self._task = link.submit(self._watch())
@@ -560,15 +595,19 @@ class LatestKV:
         async for entry in self._watcher:
             if entry is None or entry.value is None:
                 continue  # (the end of the initial values)
-            name = self._by_key.get(entry.key)
-            if name is not None:
+            name, kind = self._by_key.get(entry.key, (None, None))
+            if kind == "o":
                 self._entries[name] = msgpack.unpackb(entry.value)
+            elif kind == "a":
+                self._archived[name] = msgpack.unpackb(entry.value)
 
     def get(self, name: str) -> dict[str, Any]:
         if name not in self._known:
             raise KeyError(name)
         entry = self._entries.get(name)
-        return empty_entry(name) if entry is None else {**entry}
+        entry = empty_entry(name) if entry is None else {**entry}
+        entry["archived_time"] = self._archived.get(name)
+        return entry
 
     def close(self) -> None:
         self._task.cancel()

@@ -234,6 +234,8 @@ def test_two_shards_one_day_run_latest_for_all_writer_killed_loses_and_doubles_n
                                        api_key=API_KEY)
             _wait(lambda: all(replica.latest(n)["time"] for n in names), 120,
                   "latest of all on a second server")
+            _wait(lambda: all(replica.latest(n)["archived_time"] for n in names), 120,
+                  "the archived time of every object, from the writer")
 
             for shard in procs[1:3]:  # their runs get their stops
                 _stop(shard)
