@@ -25,7 +25,7 @@ from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
 from catalog.query import Archive
 from warden.cli import main
 from warden.config import parse_config
-from warden.shards import SharedDayRuns, shard_config, shard_of
+from warden.shards import ArchiveHost, SharedDayRuns, shard_config, shard_of
 
 NATS_URL = os.environ.get("WARDEN_TEST_NATS_URL", "nats://127.0.0.1:4222")
 API_KEY = "scaletest0key"
@@ -143,6 +143,57 @@ def test_a_document_published_twice_is_stored_once(deployment):
         assert publisher.close(30)
         info = link.call(link.js.stream_info(link.bus.stream))
         assert info.state.messages == 1
+    finally:
+        link.close()
+
+
+def test_a_writer_that_wrote_but_did_not_acknowledge_loses_and_doubles_nothing(
+        deployment, tmp_path, monkeypatch):
+    import event_model
+
+    import catalog.jetstream
+
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "serve": {"port": 0},
+        "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{"name": "gauge", "type": "generic", "attributes": ["p"], "source": "sim"}],
+    }))
+    run = event_model.compose_run(metadata={"day": "2001-11-06"})
+    desc = run.compose_descriptor(name="gauge", data_keys={
+        "p": {"source": "sim", "dtype": "number", "shape": []}})
+    pages = [desc.compose_event_page(data={"p": [float(i), i + 0.5]},
+                                     timestamps={"p": [float(i), i + 0.5]},
+                                     seq_num=[2 * i + 1, 2 * i + 2], time=[float(i)] * 2)
+             for i in range(5)]
+    documents = [("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                 *(("event_page", p) for p in pages), ("stop", run.compose_stop())]
+
+    async def never(messages) -> None:  # the writer dies between its write and its ack
+        return None
+
+    monkeypatch.setattr(catalog.jetstream, "_ack", never)
+    first = ArchiveHost(config, api_key=API_KEY)
+    first.start()
+    link = NatsLink(Bus(NATS_URL, deployment))
+    try:
+        publisher = DocumentPublisher(link, shard=0)
+        for name, doc in documents:
+            publisher(name, doc)
+        assert publisher.close(30)
+        _wait(lambda: first.writer.written == 10, 60, "the first writer's write")
+        first.close()  # nothing acknowledged: all of it still in the stream
+        monkeypatch.undo()
+        second = ArchiveHost(config, api_key=API_KEY)
+        second.start()
+        try:
+            assert second.writer.join(120)
+            assert second.writer.written == 10  # all of it came again ...
+            archive = Archive.from_uri(second.url, api_key=API_KEY)
+            (stored,) = archive.catalog.values()
+            assert _rows(archive, stored) == {"gauge": list(range(1, 11))}  # ... and is once
+            assert stored.metadata["stop"]["num_events"] == {"gauge": 10}
+        finally:
+            second.close()
     finally:
         link.close()
 
