@@ -303,7 +303,13 @@ class JetStreamWriter:
                 self._idle.set()
                 continue
             self._idle.clear()
-            self._write(messages)
+            try:
+                self._write(messages)
+            except Exception as exc:  # a bug, not the archive away: JetStream keeps the rest
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("the archive writer stopped; what it has not written stays in "
+                              "the stream %s", self.link.bus.stream)
+                return
 
     async def _fetch(self) -> list:
         try:
@@ -424,9 +430,10 @@ class JetStreamWriter:
         return info.num_pending + info.num_ack_pending
 
     def join(self, timeout: float = 60.0) -> bool:
-        """Wait until the stream holds nothing unwritten; False on timeout."""
+        """Wait until the stream holds nothing unwritten; False on timeout or if the writer
+        stopped on a bug."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while time.monotonic() < end and self._thread.is_alive():
             if self._idle.wait(0.5) and self.pending() == 0:
                 return True
         return False
