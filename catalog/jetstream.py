@@ -193,7 +193,7 @@ class DocumentPublisher:
         self.retries = 0  # batches published again
         self._given = 0
         self._done = threading.Condition()
-        self.runs = link.bucket(link.bus.runs_bucket)
+        self._runs = link.bucket(link.bus.runs_bucket)  # starts and descriptors, by uid
         self._queue: asyncio.Queue = link.call(_make_queue())
         self._task = link.submit(self._pump())
 
@@ -221,7 +221,7 @@ class DocumentPublisher:
     async def _publish(self, items: list[tuple[str, bytes, str | None]]) -> bool:
         js = self.link.js
         try:
-            kept = [self.runs.put(key, payload) for _, payload, key in items if key]
+            kept = [self._runs.put(key, payload) for _, payload, key in items if key]
             await asyncio.wait_for(asyncio.gather(*kept), self.timeout)  # before the stream
             acks = [await js.publish_async(self.subject, payload, wait_stall=self.timeout,
                                            headers={**self.headers, "Nats-Msg-Id": mid})
