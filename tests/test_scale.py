@@ -25,7 +25,7 @@ from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
 from catalog.query import Archive
 from warden.cli import main
 from warden.config import parse_config
-from warden.shards import ArchiveHost, SharedDayRuns, shard_config, shard_of
+from warden.shards import ArchiveHost, Shard, SharedDayRuns, shard_config, shard_of
 
 NATS_URL = os.environ.get("WARDEN_TEST_NATS_URL", "nats://127.0.0.1:4222")
 API_KEY = "scaletest0key"
@@ -196,6 +196,54 @@ def test_a_writer_that_wrote_but_did_not_acknowledge_loses_and_doubles_nothing(
             second.close()
     finally:
         link.close()
+
+
+def test_two_shards_across_midnight_make_one_run_per_day(deployment, tmp_path):
+    import datetime as dt
+    import threading
+    from zoneinfo import ZoneInfo
+
+    from plans.clock import Clock
+
+    zone = ZoneInfo("America/New_York")
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "timezone": zone.key,
+        "serve": {"port": 0}, "shards": 2, "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{**o, "source": "sim"} for o in OBJECTS],
+    }))
+    host = ArchiveHost(config, api_key=API_KEY)
+    host.start()
+    clock = Clock(zone, rate=2.0)
+    shards = [Shard(config, i, clock=clock) for i in range(2)]
+    try:
+        for shard in shards:
+            shard.start()
+        clock.set(dt.datetime(2001, 11, 6, 23, 59, 52, tzinfo=zone))
+        threads = [threading.Thread(target=s.run) for s in shards]
+        for thread in threads:
+            thread.start()
+        time.sleep(8)  # 16 clock seconds: 8 on each side of midnight
+        for shard in shards:
+            shard.stop()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for shard in shards:
+            shard.close()
+    try:
+        assert host.writer.join(120)
+        archive = Archive.from_uri(host.url, api_key=API_KEY)
+        runs = {r.metadata["start"]["day"]: r for r in archive.catalog.values()}
+        assert sorted(runs) == ["2001-11-06", "2001-11-07"]  # one run per day for both shards
+        for run in runs.values():
+            assert set(run) == {*(o["name"] for o in OBJECTS), "connection-shard0",
+                                "connection-shard1"}
+            assert run.metadata["stop"] and run.metadata["shards_open"] == []
+            for stream, seq in _rows(archive, run).items():
+                assert seq == list(range(1, len(seq) + 1)), stream
+                assert len(seq) == run.metadata["stop"]["num_events"][stream], stream
+    finally:
+        host.close()
 
 
 def _start(args: list[str], log) -> subprocess.Popen:

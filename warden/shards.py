@@ -58,6 +58,7 @@ from catalog.jetstream import (
     SharedRunSink,
     open_generation,
 )
+from plans.clock import Clock
 from plans.monitor import cached_protocol_checks, light_page_validation, monitor_objects
 from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
@@ -135,9 +136,10 @@ class Shard:
     """One shard: its objects' devices and plan (a :class:`WardenService` of its part of the
     config, whose server and writer are not started), publishing to JetStream."""
 
-    def __init__(self, config: WardenConfig, shard: int, api_key: str | None = None):
+    def __init__(self, config: WardenConfig, shard: int, api_key: str | None = None,
+                 clock: Clock | None = None):
         self.config, self.shard = config, shard
-        self.service = WardenService(shard_config(config, shard, config.shards),
+        self.service = WardenService(shard_config(config, shard, config.shards), clock=clock,
                                      api_key=api_key or "shard")
         self.service.connections.name = f"connection-shard{shard}"
         self.link: NatsLink | None = None
