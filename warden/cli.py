@@ -83,11 +83,53 @@ def cmd_run(args) -> int:
     from .service import WardenService
 
     config = load_config(args.config)
+    if args.shard is not None or config.shards > 1:  # scale-out: warden.shards
+        return _run_sharded(args, config)
     service = WardenService(config, public=args.public, port=args.port)
     url = service.start()
     _run_until_signalled(service, f"warden: serving {len(config.objects)} objects at {url} "
                                   f"({'public reads' if args.public else 'API key required'})")
     return 0
+
+
+# -- scale-out (warden.shards) -------------------------------------------------------------
+def _run_sharded(args, config) -> int:
+    from .config import ConfigError
+    from .shards import LocalShards, Shard, parse_shard
+
+    if args.shard is None:
+        deployment = LocalShards(config, args.config, public=args.public, port=args.port)
+        url = deployment.start()
+        print(f"warden: serving {len(config.objects)} objects in {config.shards} shards at "
+              f"{url} ({'public reads' if args.public else 'API key required'})", flush=True)
+        _run_until_signalled(deployment)
+        return 0
+    try:
+        i, k = parse_shard(args.shard)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if k != config.shards:
+        raise ConfigError(f"--shard: the config has shards: {config.shards}, not {k}")
+    shard = Shard(config, i)
+    shard.start()
+    print(f"warden: shard {i}/{k} watching {len(shard.service.config.objects)} objects, "
+          f"publishing to {config.nats.url}", flush=True)
+    _run_until_signalled(shard)
+    return 0
+
+
+def cmd_archive(args) -> int:
+    from .config import load_config
+    from .shards import ArchiveHost
+
+    config = load_config(args.config)
+    host = ArchiveHost(config, public=args.public, port=args.port, serve_only=args.serve_only)
+    url = host.start()
+    role = "serving" if args.serve_only else "serving and writing"
+    print(f"warden: {role} the archive of {config.shards} shards at {url}", flush=True)
+    _run_until_signalled(host)
+    return 0
+# -- end scale-out ------------------------------------------------------------------------
 
 
 def cmd_demo(args) -> int:
@@ -449,7 +491,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--public", action="store_true", help="let clients read without the key")
     c.add_argument("--port", type=int, default=None, help="override serve.port")
+    c.add_argument("--shard", default=None, metavar="i/K",
+                   help="run shard i of K only (config: shards, nats)")
     c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("archive", help="serve the shards' archive and latest; write the archive")
+    c.add_argument("config")
+    c.add_argument("--public", action="store_true", help="let clients read without the key")
+    c.add_argument("--port", type=int, default=None, help="override serve.port")
+    c.add_argument("--serve-only", action="store_true",
+                   help="a Tiled server replica: serve, do not write")
+    c.set_defaults(func=cmd_archive)
 
     c = sub.add_parser("demo", help="simulated IOC + service + Tiled server, in one command")
     c.add_argument("--data-dir", default="warden-data")

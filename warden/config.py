@@ -126,6 +126,15 @@ class ExchangeConfig(Strict):
     protocol: Literal["epics", "tango"] = "epics"  # of both source and target
 
 
+# -- scale-out (warden.shards) ---------------------------------------------------------------
+class NatsConfig(Strict):
+    """The NATS JetStream server between the shards and the archive writer."""
+
+    url: Annotated[str, Field(pattern=r"^(nats|tls)://[^\s]+$")] = "nats://127.0.0.1:4222"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "warden"  # stream, buckets
+# -- end scale-out ------------------------------------------------------------------------------
+
+
 class PluginConfig(Strict):
     name: ObjectName
     interval: Seconds | None = None
@@ -149,6 +158,8 @@ class WardenConfig(Strict):
     plugin_dir: Path | None = None
     plugin_threads: Annotated[int, Field(ge=1, le=64)] = 4
     plugin_tick: Annotated[float, Field(gt=0, le=10)] = 0.1
+    shards: Annotated[int, Field(ge=1, le=1024)] = 1  # scale-out: processes, warden.shards
+    nats: NatsConfig | None = None  # scale-out: the transport between shards and the writer
 
     @field_validator("archive")
     @classmethod
@@ -190,6 +201,12 @@ class WardenConfig(Strict):
                 raise ValueError(f"plugins[{i}].name: duplicate plugin name {p.name!r} "
                                  f"(first at plugins[{seen[p.name]}])")
             seen[p.name] = i
+        return self
+
+    @model_validator(mode="after")
+    def _shards_need_nats(self) -> WardenConfig:  # scale-out
+        if self.shards > 1 and self.nats is None:
+            raise ValueError("shards: more than one shard needs nats: {url: nats://host:4222}")
         return self
 
     @property
@@ -320,7 +337,8 @@ def _describe(err: ValidationError, data: dict, most: int = 20) -> str:
             msg += _nearest(str(loc[-1]), _fields_at(loc[:-1]))
         msg = msg.removeprefix("Value error, ")
         if field := re.match(r"^([a-z_]+): ", msg):  # a model-level check naming its field
-            path, msg = f"{path}.{field.group(1)}", msg[field.end() :]
+            path = f"{path}.{field.group(1)}" if path else field.group(1)
+            msg = msg[field.end() :]
         if msg.startswith("objects[") and path == "objects":
             lines.append(msg)
         else:

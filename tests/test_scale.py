@@ -1,0 +1,361 @@
+"""Scale-out: shards as real processes on loopback, NATS JetStream between them and the
+archive writer, PostgreSQL as the archive (``warden.shards``, ``catalog.jetstream``).
+
+NATS: the server at ``WARDEN_TEST_NATS_URL`` (default ``nats://127.0.0.1:4222``, which
+``.ci/run`` starts). Outside CI the tests that need it are skipped when none answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
+
+from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
+from catalog.query import Archive
+from warden.cli import main
+from warden.config import parse_config
+from warden.shards import ArchiveHost, Shard, SharedDayRuns, shard_config, shard_of
+
+NATS_URL = os.environ.get("WARDEN_TEST_NATS_URL", "nats://127.0.0.1:4222")
+API_KEY = "scaletest0key"
+OBJECTS = [  # names chosen so that each of two shards has monitored and scanned objects
+    {"name": "yi2-wcm3", "type": "WcmControl", "mode": "monitor"},
+    {"name": "bo2-wcm3", "type": "WcmControl", "mode": "monitor"},
+    {"name": "ring-yellow", "type": "ringSpec", "mode": "scan", "period": 1},
+    {"name": "ring-blue", "type": "ringSpec", "mode": "scan", "period": 1},
+    {"name": "yi2-dvm", "type": "DvmControl", "mode": "scan", "period": 1},
+    {"name": "bi8-dvm", "type": "DvmControl", "mode": "scan", "period": 1},
+]
+
+
+# -- the split, without a server -------------------------------------------------------------------
+def test_every_object_is_on_exactly_one_shard_and_stays_there():
+    names = [f"obj{i:04d}" for i in range(1000)]
+    for k in (1, 2, 3, 7):
+        shards = [[n for n in names if shard_of(n, k) == i] for i in range(k)]
+        assert sorted(n for part in shards for n in part) == sorted(names)
+        assert all(len(part) > 1000 / k / 2 for part in shards)  # roughly even
+    before = {n: shard_of(n, 3) for n in names}
+    assert {n: shard_of(n, 3) for n in [*names, "new-object"] if n in before} == before
+
+
+def test_shard_configs_split_the_objects_and_keep_exchange_on_shard_0():
+    config = parse_config(yaml.safe_dump({
+        "shards": 2, "nats": {"url": NATS_URL},
+        "objects": [{**o, "source": "sim"} for o in OBJECTS],
+        "exchange": [{"source": "a:b", "target": "c:d"}],
+    }))
+    parts = [shard_config(config, i, 2) for i in range(2)]
+    assert sorted(o.name for p in parts for o in p.objects) == sorted(o["name"] for o in OBJECTS)
+    assert all(p.objects for p in parts)
+    assert [len(p.exchange) for p in parts] == [1, 0]
+
+
+def test_bad_shard_settings_are_clear_errors(tmp_path, capsys):
+    path = tmp_path / "warden.yaml"
+    path.write_text(yaml.safe_dump({"shards": 2, "objects": [{**OBJECTS[0], "source": "sim"}]}))
+    assert main(["check-config", str(path)]) == 2
+    assert "shards: more than one shard needs nats" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"shards": 2, "nats": {"url": NATS_URL},
+                                    "objects": [{**o, "source": "sim"} for o in OBJECTS]}))
+    for arg, message in [("2/2", "--shard: i must be 0 to K-1"), ("x", "--shard: expected i/K"),
+                         ("0/3", "--shard: the config has shards: 2, not 3")]:
+        assert main(["run", str(path), "--shard", arg]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+# -- real processes: NATS, PostgreSQL, two shards, the archive host --------------------------------
+@pytest.fixture(scope="module")
+def nats_server() -> str:
+    host, port = urlsplit(NATS_URL).hostname, urlsplit(NATS_URL).port or 4222
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as err:
+        message = f"no NATS server at {NATS_URL}: {err!r}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must run the scale-out tests)")
+        pytest.skip(message)
+    return NATS_URL
+
+
+@pytest.fixture
+def deployment(nats_server):
+    """A deployment name of the test's own; its stream and buckets are removed afterwards."""
+    name = f"wt{secrets.token_hex(4)}"
+    yield name
+
+    async def remove() -> None:
+        import nats
+
+        nc = await nats.connect(nats_server)
+        js = nc.jetstream()
+        for stream in (f"{name}-docs", *(f"KV_{name}-{b}" for b in ("latest", "days", "runs"))):
+            try:
+                await js.delete_stream(stream)
+            except Exception:  # noqa: BLE001 - not made
+                pass
+        await nc.close()
+
+    asyncio.run(remove())
+
+
+def test_a_restarted_shard_opens_the_next_generation_and_shards_meet_in_it(deployment):
+    bus = Bus(NATS_URL, deployment)
+    link = NatsLink(bus)
+    try:
+        docs = []
+        runs = [SharedDayRuns(lambda n, d: docs.append((n, d)),
+                              lambda day, i=i: open_generation(link, day, i, 2), deployment, 2)
+                for i in (0, 1, 0, 1)]  # shard 0, shard 1, both restarted within the day
+        uids = [r.day_run("2001-11-06") for r in runs]
+        assert uids[0] == uids[1] != uids[2] == uids[3]
+        assert runs[0].day_run("2001-11-07") != uids[0]  # (generation 0 of another day)
+
+        runs[1]("start", {"uid": "local", "day": "2001-11-06", "time": 0})
+        runs[1]("descriptor", {"uid": "d", "run_start": "local", "name": "x"})
+        runs[1]("stop", {"uid": "s", "run_start": "local"})
+        start, descriptor, stop = (d for _, d in docs)
+        assert start["uid"] == descriptor["run_start"] == stop["run_start"] != "local"
+    finally:
+        link.close()
+
+
+def test_a_document_published_twice_is_stored_once(deployment):
+    link = NatsLink(Bus(NATS_URL, deployment))
+    try:
+        link.ensure_stream()
+        publisher = DocumentPublisher(link, shard=0)
+        doc = {"uid": "u1", "time": 1.0, "day": "2001-11-06"}
+        publisher("start", doc)
+        publisher("start", dict(doc))  # (a batch published again after a lost acknowledgement)
+        assert publisher.close(30)
+        info = link.call(link.js.stream_info(link.bus.stream))
+        assert info.state.messages == 1
+    finally:
+        link.close()
+
+
+def test_a_writer_that_wrote_but_did_not_acknowledge_loses_and_doubles_nothing(
+        deployment, tmp_path, monkeypatch):
+    import event_model
+
+    import catalog.jetstream
+
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "serve": {"port": 0},
+        "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{"name": "gauge", "type": "generic", "attributes": ["p"], "source": "sim"}],
+    }))
+    run = event_model.compose_run(metadata={"day": "2001-11-06"})
+    desc = run.compose_descriptor(name="gauge", data_keys={
+        "p": {"source": "sim", "dtype": "number", "shape": []}})
+    pages = [desc.compose_event_page(data={"p": [float(i), i + 0.5]},
+                                     timestamps={"p": [float(i), i + 0.5]},
+                                     seq_num=[2 * i + 1, 2 * i + 2], time=[float(i)] * 2)
+             for i in range(5)]
+    documents = [("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                 *(("event_page", p) for p in pages), ("stop", run.compose_stop())]
+
+    async def never(messages) -> None:  # the writer dies between its write and its ack
+        return None
+
+    monkeypatch.setattr(catalog.jetstream, "_ack", never)
+    first = ArchiveHost(config, api_key=API_KEY)
+    first.start()
+    link = NatsLink(Bus(NATS_URL, deployment))
+    try:
+        publisher = DocumentPublisher(link, shard=0)
+        for name, doc in documents:
+            publisher(name, doc)
+        assert publisher.close(30)
+        _wait(lambda: first.writer.written == 10, 60, "the first writer's write")
+        first.close()  # nothing acknowledged: all of it still in the stream
+        monkeypatch.undo()
+        second = ArchiveHost(config, api_key=API_KEY)
+        second.start()
+        try:
+            assert second.writer.join(120)
+            assert second.writer.written == 10  # all of it came again ...
+            archive = Archive.from_uri(second.url, api_key=API_KEY)
+            (stored,) = archive.catalog.values()
+            assert _rows(archive, stored) == {"gauge": list(range(1, 11))}  # ... and is once
+            assert stored.metadata["stop"]["num_events"] == {"gauge": 10}
+        finally:
+            second.close()
+    finally:
+        link.close()
+
+
+def test_two_shards_across_midnight_make_one_run_per_day(deployment, tmp_path):
+    import datetime as dt
+    import threading
+    from zoneinfo import ZoneInfo
+
+    from plans.clock import Clock
+
+    zone = ZoneInfo("America/New_York")
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "timezone": zone.key,
+        "serve": {"port": 0}, "shards": 2, "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{**o, "source": "sim"} for o in OBJECTS],
+    }))
+    host = ArchiveHost(config, api_key=API_KEY)
+    host.start()
+    clock = Clock(zone, rate=2.0)
+    shards = [Shard(config, i, clock=clock) for i in range(2)]
+    try:
+        for shard in shards:
+            shard.start()
+        clock.set(dt.datetime(2001, 11, 6, 23, 59, 52, tzinfo=zone))
+        threads = [threading.Thread(target=s.run) for s in shards]
+        for thread in threads:
+            thread.start()
+        time.sleep(8)  # 16 clock seconds: 8 on each side of midnight
+        for shard in shards:
+            shard.stop()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for shard in shards:
+            shard.close()
+    try:
+        assert host.writer.join(120)
+        archive = Archive.from_uri(host.url, api_key=API_KEY)
+        runs = {r.metadata["start"]["day"]: r for r in archive.catalog.values()}
+        assert sorted(runs) == ["2001-11-06", "2001-11-07"]  # one run per day for both shards
+        for run in runs.values():
+            assert set(run) == {*(o["name"] for o in OBJECTS), "connection-shard0",
+                                "connection-shard1"}
+            assert run.metadata["stop"] and run.metadata["shards_open"] == []
+            for stream, seq in _rows(archive, run).items():
+                assert seq == list(range(1, len(seq) + 1)), stream
+                assert len(seq) == run.metadata["stop"]["num_events"][stream], stream
+    finally:
+        host.close()
+
+
+def _start(args: list[str], log) -> subprocess.Popen:
+    env = {**os.environ, "WARDEN_API_KEY": API_KEY}
+    return subprocess.Popen([sys.executable, "-m", "warden", *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def _url(log_path, proc: subprocess.Popen, timeout: float = 240.0) -> str:
+    """The server URL an archive host prints."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in log_path.read_text().splitlines():
+            if line.startswith("warden: serving") and " at http" in line:
+                return line.split(" at ")[1].split()[0]
+        assert proc.poll() is None, log_path.read_text()
+        time.sleep(0.5)
+    raise AssertionError(f"no URL in {log_path.read_text()}")
+
+
+def _wait(predicate, timeout: float, what: str):
+    end, error = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        try:
+            value = predicate()
+        except Exception as err:  # noqa: BLE001 - not there yet (server starting, no run)
+            value, error = None, err
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what} (last error: {error!r})")
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 120.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _rows(archive: Archive, run) -> dict[str, list[int]]:
+    """``seq_num`` of every row of every stream of ``run``."""
+    return {name: list(run[name].base["internal"].read()["seq_num"]) for name in run}
+
+
+@pytest.mark.timeout(900)
+def test_two_shards_one_day_run_latest_for_all_writer_killed_loses_and_doubles_nothing(
+        deployment, tmp_path, request):
+    names = [o["name"] for o in OBJECTS]
+    assert {shard_of(n, 2) for n in names} == {0, 1}
+    with fresh_archive("postgresql", tmp_path, request) as uri:
+        path = tmp_path / "warden.yaml"
+        path.write_text(yaml.safe_dump({
+            "archive": uri, "timezone": "America/New_York",
+            "serve": {"host": "127.0.0.1", "port": 0},
+            "shards": 2, "nats": {"url": NATS_URL, "name": deployment},
+            "objects": [{**o, "source": "sim"} for o in OBJECTS],
+        }))
+        logs = {k: (tmp_path / f"{k}.log").open("w") for k in ("host", "host2", "s0", "s1",
+                                                                 "replica")}
+        procs = [_start(["archive", str(path)], logs["host"])]
+        try:
+            url = _url(tmp_path / "host.log", procs[0])
+            procs += [_start(["run", str(path), "--shard", f"{i}/2"], logs[f"s{i}"])
+                      for i in range(2)]
+            archive = Archive.from_uri(url, api_key=API_KEY)
+
+            # latest answers for the objects of both shards, from one server
+            _wait(lambda: all(archive.latest(n)["time"] for n in names), 300, "latest of all")
+            # every object of both shards lands in one run
+            _wait(lambda: len(archive.catalog) == 1 and all(
+                n in archive.catalog.values().first() and
+                len(archive.catalog.values().first()[n].base["internal"].read()) >= 2
+                for n in names), 300, "rows of every object in one run")
+
+            # the writer (and its server) killed mid-stream; another takes over
+            _stop(procs[0], signal.SIGKILL)
+            time.sleep(3)  # the shards publish on into JetStream meanwhile (not timed)
+            procs.append(_start(["archive", str(path)], logs["host2"]))
+            url = _url(tmp_path / "host2.log", procs[-1])
+            archive = Archive.from_uri(url, api_key=API_KEY)
+            procs.append(_start(["archive", str(path), "--serve-only"], logs["replica"]))
+            replica = Archive.from_uri(_url(tmp_path / "replica.log", procs[-1]),
+                                       api_key=API_KEY)
+            _wait(lambda: all(replica.latest(n)["time"] for n in names), 120,
+                  "latest of all on a second server")
+            _wait(lambda: all(replica.latest(n)["archived_time"] for n in names), 120,
+                  "the archived time of every object, from the writer")
+
+            for shard in procs[1:3]:  # their runs get their stops
+                _stop(shard)
+                assert shard.returncode == 0, (tmp_path / "s0.log").read_text()
+            run = _wait(lambda: next(
+                (r for r in archive.catalog.values() if r.metadata.get("stop")), None),
+                300, "the day run's stop, once both shards stopped")
+
+            assert len(archive.catalog) == 1  # one day run for both shards
+            start, stop = run.metadata["start"], run.metadata["stop"]
+            assert start["shards"] == 2 and set(start["objects"]) == set(names)
+            assert run.metadata["shards_open"] == []
+            rows = _rows(archive, run)
+            assert set(rows) == {*names, "connection-shard0", "connection-shard1"}
+            for stream, seq in rows.items():  # nothing lost, nothing doubled
+                assert seq == list(range(1, len(seq) + 1)), stream
+                assert len(seq) == stop["num_events"][stream], stream
+            frame = archive.day(names[0], start["day"])  # the stock query path reads it
+            assert len(frame) == len(rows[names[0]])
+        finally:
+            for proc in procs:
+                _stop(proc, timeout=60)
+            for log in logs.values():
+                log.close()
