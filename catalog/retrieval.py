@@ -41,10 +41,10 @@ import pandas as pd
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from tiled.queries import Key
-from tiled.server.core import NoEntry
 
 from . import pb, reduce
 from .query import MAX_RANGE_DAYS, QueryError, parse_time
+from .tiled_internals import NoEntry
 
 DEFAULT_BIN = 900  # seconds, a post-processor named without _N (as the Archiver Appliance)
 OPTIMIZED = "optimized"  # optimized_N: N points at most, each [mean, std, min, max, count]

@@ -67,6 +67,7 @@ _SERVER_NAMES = {
     "current_principal": "tiled.server.app",  # the principal Tiled's access log shows
     "get_base_url": "tiled.server.utils",
     "LOGGING_CONFIG": "tiled.server.logging_config",  # uvicorn's logging, as Tiled sets it
+    "NoEntry": "tiled.server.core",  # what a catalog adapter raises for a missing key
     "resolve_media_type": "tiled.server.core",  # JSON or msgpack, as the request asks
     "SingleUserPrincipal": "tiled.utils",  # who a single-user API key is
 }
