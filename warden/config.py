@@ -24,6 +24,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_DEPTH = 32  # levels of nested lists and mappings
 GENERIC = "generic"
 ARCHIVE_SCHEMES = ("sqlite", "postgresql", "mongodb")
+IN_MEMORY = ("mongomock:// is in memory, one per process, and the service writes and serves its "
+             "archive from processes of their own: use sqlite://, postgresql:// or mongodb://")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
 ATTR_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -164,7 +166,8 @@ class WardenConfig(Strict):
     @field_validator("archive")
     @classmethod
     def _archive_uri(cls, value: str) -> str:
-        ArchiveURI.parse(value, schemes=ARCHIVE_SCHEMES)  # (an ArchiveURIError: a ValueError)
+        if ArchiveURI.parse(value).scheme not in ARCHIVE_SCHEMES:  # (errors: ValueErrors)
+            raise ValueError(IN_MEMORY)
         return value
 
     @field_validator("timezone")

@@ -42,7 +42,7 @@ from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
 from warden_devices.sim import SimUpstream
 
-from .config import ConfigError, WardenConfig
+from .config import IN_MEMORY, ConfigError, WardenConfig
 from .plugins.runner import PluginRunner, PluginState, discover
 from .server_process import ServerProcess, ServerSpec
 from .writer_process import WriterProcess, WriterSpec
@@ -94,9 +94,7 @@ class WardenService:
     ):
         archive = backend.uri if backend is not None else ArchiveURI.parse(config.archive)
         if archive.scheme == "mongomock":
-            raise ConfigError("archive: mongomock:// is in memory, one per process, and the "
-                              "service writes and serves its archive from processes of their "
-                              "own: use sqlite://, postgresql:// or mongodb://")
+            raise ConfigError(f"archive: {IN_MEMORY}")
         self.config = config
         self.backend = backend  # opened from config.archive at start() unless given
         self._own_backend = backend is None
