@@ -86,7 +86,8 @@ def filled_store() -> LatestStore:
 def ring_page(uid: str, name: str, newest: float) -> list[tuple[str, dict]]:
     """A batch the archive writer committed: a stream's descriptor and an event page."""
     return [("descriptor", {"uid": uid, "name": name}),
-            ("event_page", {"descriptor": uid, "timestamps": {"v": [newest - 1, newest]}})]
+            ("event_page", {"descriptor": uid, "seq_num": [1, 2],
+                            "timestamps": {"v": [newest - 1, newest]}})]
 
 
 def shared(store: LatestStore, path) -> SharedLatest:
@@ -339,11 +340,13 @@ def test_values_round_trip_over_json(http, url):
     ring = http.get(f"{url}/api/v1/metadata/latest/{RING}",
                     headers=HEADERS).json()["data"]["attributes"]["metadata"]
     assert ring["connected"] is False and ring["archived_time"] == T0 + 3
+    assert ring["archived_rows"] == 2
     assert ring["attributes"] == {"energy": {"value": 100.0, "timestamp": T0 + 3}}
     idle = http.get(f"{url}/api/v1/metadata/latest/{IDLE}",
                     headers=HEADERS).json()["data"]["attributes"]["metadata"]
     assert idle == {"object": IDLE, "connected": False, "time": None, "rows": 0,
-                    "since": None, "attributes": {}, "archived_time": None}
+                    "since": None, "attributes": {}, "archived_time": None,
+                    "archived_rows": 0}
 
 
 def test_values_round_trip_through_the_tiled_client_and_archive(url):
@@ -419,8 +422,12 @@ def test_the_shared_file_gets_what_changed_and_what_is_archived(tmp_path):
     archived(ring_page("d-a", "a", T0))
     assert view.get("a")["archived_time"] == T0 and view.get("b")["archived_time"] is None
     assert [(name, t) for name, t, _ in view.archived()] == [("a", T0)]
-    archived([("event_page", {"descriptor": "d-a", "timestamps": {"v": [T0 - 5]}})])
+    assert view.get("a")["archived_rows"] == 2
+    archived([("event_page", {"descriptor": "d-a", "seq_num": [1], "timestamps": {"v": [T0 - 5]}})])
     assert view.get("a")["archived_time"] == T0  # a replayed page does not move it back
+    assert view.get("a")["archived_rows"] == 2
+    archived([("event_page", {"descriptor": "d-a", "seq_num": [1], "timestamps": {"v": [T0 + 9]}})])
+    assert view.get("a")["archived_rows"] == 1  # the next day's run: its own rows
     archived([("event_page", {"descriptor": "d-x", "timestamps": {"v": [T0]}})])  # unknown
     assert [name for name, _, _ in view.archived()] == ["a"]
     assert publisher.publish() == []  # (archived times are not the publisher's)

@@ -181,6 +181,7 @@ def test_page_asks_for_the_key_then_shows_every_object(browser, warden_server, t
     assert "rows" in text(browser, "plot-info")
     n = len(names + plugins)
     until(browser, lambda d: text(d, "st-connected") == f"{n} / {n}")
+    until(browser, lambda d: int(text(d, "st-rows").replace(",", "") or 0) > 0)  # archived
     shot = tmp_path_factory.mktemp("ui-screenshots") / "ui.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot of the page: {shot}")

@@ -34,7 +34,8 @@ ROWS_PER_INSERT = 400  # (800 parameters: under SQLite's oldest limit, 999)
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS latest (name TEXT PRIMARY KEY, entry BLOB);
-CREATE TABLE IF NOT EXISTS archived (name TEXT PRIMARY KEY, time REAL NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS archived (name TEXT PRIMARY KEY, time REAL NOT NULL, at REAL NOT NULL,
+                                     rows INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -107,9 +108,9 @@ class LatestPublisher:
 
 class ArchivedTimes:
     """The archive writer's part of the file: call it with each batch of documents once
-    committed to the archive; it records each stream's newest upstream timestamp written
-    (one small transaction a batch). Streams are known by their descriptors, which every
-    spool segment repeats."""
+    committed to the archive; it records each stream's newest upstream timestamp written and
+    the rows its run holds (the newest ``seq_num``), one small transaction a batch. Streams
+    are known by their descriptors, which every spool segment repeats."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -118,7 +119,7 @@ class ArchivedTimes:
         self._streams: dict[str, str] = {}  # descriptor uid -> stream name
 
     def __call__(self, docs: Iterable[tuple[str, dict]]) -> None:
-        newest: dict[str, float] = {}
+        newest: dict[str, tuple[float, int]] = {}  # stream -> (upstream time, seq_num)
         for name, doc in docs:
             if name == "descriptor":
                 self._streams[doc["uid"]] = doc["name"]
@@ -126,14 +127,17 @@ class ArchivedTimes:
                 stream = self._streams.get(doc["descriptor"])
                 t = max((max(ts) for ts in doc["timestamps"].values() if ts), default=None)
                 if stream is not None and t is not None:
-                    newest[stream] = max(t, newest.get(stream, -math.inf))
+                    seen = newest.get(stream, (-math.inf, 0))
+                    rows = max(doc.get("seq_num") or [0])
+                    newest[stream] = (max(t, seen[0]), max(rows, seen[1]))
         if newest:
             at = time.time()
-            with self._db:
-                _insert(self._db, "INSERT INTO archived VALUES ", "(?, ?, ?)",
-                        [(name, t, at) for name, t in newest.items()],
-                        " ON CONFLICT(name) DO UPDATE SET time = max(time, excluded.time),"
-                        " at = excluded.at")
+            with self._db:  # (a replayed batch is older: it moves neither time nor rows)
+                _insert(self._db, "INSERT INTO archived VALUES ", "(?, ?, ?, ?)",
+                        [(name, t, at, rows) for name, (t, rows) in newest.items()],
+                        " ON CONFLICT(name) DO UPDATE SET"
+                        " rows = iif(excluded.time >= time, excluded.rows, rows),"
+                        " time = max(time, excluded.time), at = excluded.at")
 
     def close(self) -> None:
         self._db.close()
@@ -156,12 +160,12 @@ class SharedLatest:
 
     def get(self, name: str) -> dict[str, Any]:
         row = self._db().execute(
-            "SELECT latest.entry, archived.time FROM latest LEFT JOIN archived USING (name)"
-            " WHERE latest.name = ?", (name,)).fetchone()
+            "SELECT latest.entry, archived.time, archived.rows FROM latest"
+            " LEFT JOIN archived USING (name) WHERE latest.name = ?", (name,)).fetchone()
         if row is None:
             raise KeyError(name)
         entry = msgpack.unpackb(row[0])
-        entry["archived_time"] = row[1]
+        entry["archived_time"], entry["archived_rows"] = row[1], row[2] or 0
         return entry
 
     def archived(self, after: float = 0.0) -> list[tuple[str, float, float]]:

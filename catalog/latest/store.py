@@ -115,8 +115,8 @@ class LatestStore:
 
         ``time`` is the newest upstream timestamp, ``rows`` the readings since ``since`` (the
         upstream time of the first of them) and ``archived_time`` the newest upstream timestamp
-        already in the archive (None here; see the class). The entry's values are shared, not
-        copied: do not change them.
+        already in the archive, ``archived_rows`` the rows of the day's run archived (None and 0
+        here; see the class). The entry's values are shared, not copied: do not change them.
         """
         mark = self.mark(name)
         built = self._built.get(name)
@@ -137,6 +137,7 @@ class LatestStore:
             "since": since,
             "attributes": attrs,
             "archived_time": None,
+            "archived_rows": 0,
         }
         self._built[name] = (mark, entry)
         return {**entry}

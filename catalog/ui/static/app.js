@@ -262,7 +262,8 @@ function updateStatus(t) {
     .map((e) => Math.max(0, e.time - e.archived_time));
   const archived = entries.map((e) => e.archived_time || 0);
   $("st-connected").textContent = `${entries.length - down.length} / ${entries.length}`;
-  $("st-rows").textContent = entries.reduce((n, e) => n + (e.rows || 0), 0).toLocaleString();
+  $("st-rows").textContent = entries.reduce((n, e) => n + (e.archived_rows || 0), 0)
+    .toLocaleString();
   $("st-lag").textContent = lags.length ? Math.max(...lags).toFixed(1) + " s" : "-";
   const newest = Math.max(0, ...archived);
   $("st-archived").textContent = newest ? age(t - newest) + " ago" : "nothing yet";
