@@ -29,7 +29,6 @@ import asyncio
 import datetime as dt
 import fnmatch
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +42,7 @@ from fastapi.responses import Response
 from tiled.queries import Key
 
 from . import pb, reduce
+from .access import require_key
 from .query import MAX_RANGE_DAYS, QueryError, parse_time
 from .tiled_internals import NoEntry
 
@@ -291,13 +291,7 @@ def retrieval_router(tree, store, zone: str, api_key: str, public: bool = False)
     sql = asyncio.iscoroutinefunction(getattr(tree, "items_range", None))  # Tiled's catalog
 
     def authorize(request: Request) -> None:
-        if public:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Apikey ").strip() if header.startswith("Apikey ") else ""
-        given = given or request.query_params.get("api_key", "")
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(status_code=401, detail="an API key is required")
+        require_key(request, api_key, public)
 
     def when(text: str | None, name: str, default: float) -> float:
         if text is None or text == "":

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import APIRouter, HTTPException, Request
+
+from catalog.access import require_key
 
 from .plugins.runner import PluginRunner
 
@@ -21,13 +21,7 @@ def control_router(
     router = APIRouter(prefix="/warden")  # Tiled mounts it under /api/v1
 
     def authorize(request: Request, write: bool) -> None:
-        if public and not write:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Apikey ").strip() if header.startswith("Apikey ") else ""
-        given = given or request.query_params.get("api_key", "")
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(status_code=401, detail="an API key is required")
+        require_key(request, api_key, public, write)
 
     @router.get("/plugins")
     def plugins(request: Request) -> list[dict]:

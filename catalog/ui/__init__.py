@@ -17,7 +17,6 @@ Histories are read through the server's own HTTP API with :class:`catalog.query.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from starlette.responses import (
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..access import key_allows
 from ..query import Archive, QueryError, UnknownObjectError, parse_day
 from .bins import series
 from .feed import LatestFeed, LatestReader, StreamTokens
@@ -56,12 +56,7 @@ class _Reads:
     def allowed(self, request: Request, keyed: bool = False) -> bool:
         """A read on a public server (unless ``keyed``), or the right key (header or
         ``?api_key=``)."""
-        header = request.headers.get("authorization", "")
-        given = header[len("Apikey "):].strip() if header.startswith("Apikey ") else ""
-        given = given or request.query_params.get("api_key", "")
-        if given:
-            return secrets.compare_digest(given.encode(), self.api_key.encode())
-        return self.public and not keyed
+        return key_allows(request, self.api_key, self.public, write=keyed)
 
     def archive(self, request: Request) -> Archive:
         """The query helper on this very server (the address the request came in on)."""
