@@ -43,11 +43,10 @@ import pandas as pd
 import tzlocal
 from event_model import DocumentRouter
 
-from .query import Archive, parse_day
+from .query import Archive, is_object_stream, parse_day
 
 log = logging.getLogger(__name__)
 
-SKIPPED_STREAMS = frozenset({"connection", "exchange"})  # not object readings
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SPECIAL = re.compile(r'[,"\r\n]')
@@ -321,7 +320,7 @@ class AsciiDayWriter(DocumentRouter):
         if path is None:
             log.warning("ASCII day file: stream %r of a run started before me", doc["name"])
             return
-        obj = None if doc["name"] in SKIPPED_STREAMS else doc["name"]
+        obj = doc["name"] if is_object_stream(doc["name"]) else None
         self._streams[doc["uid"]] = _Stream(doc["run_start"], obj, doc["data_keys"], path)
 
     def event_page(self, doc: dict) -> None:
@@ -407,7 +406,7 @@ def export_day(
     names = [object] if object is not None else archive.streams(day)
     rows: list[tuple] = []
     data_keys: dict[tuple[str, str], dict] = {}
-    for order, obj in enumerate(n for n in names if n not in SKIPPED_STREAMS):
+    for order, obj in enumerate(n for n in names if is_object_stream(n)):
         df = archive.raw_day(obj, day)
         for run, keys in df.attrs["data_keys"].items():
             data_keys[run, obj] = keys

@@ -39,6 +39,12 @@ CONNECT_TIMEOUT = 3.0  # seconds to wait for the server to accept a connection
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")  # ASCII digits, no trailing newline
 
 
+def is_object_stream(name: str) -> bool:
+    """Whether a run's stream holds an object's readings: not the ``exchange`` log, not a
+    ``connection`` log (the service's, or a shard's ``connection-shard<i>``)."""
+    return name != "exchange" and name.partition("-shard")[0] != "connection"
+
+
 class QueryError(ValueError):
     """A question the archive cannot answer as asked (bad date, unknown object, ...)."""
 
@@ -157,7 +163,7 @@ class Archive:
             return list(self.root["latest"])
         names: set[str] = set()
         for run in self.catalog.values():
-            names.update(k for k in run if k not in ("connection", "exchange"))
+            names.update(k for k in run if is_object_stream(k))
         return sorted(names)
 
     def latest(self, obj: str) -> dict[str, Any]:
@@ -220,8 +226,8 @@ class Archive:
         self._check(obj)
         frames = []
         for run in self._runs([parse_day(day).isoformat()]):
-            if "connection" in run:
-                _, data, stamps = self._columns(run["connection"])
+            for log in (k for k in run if not is_object_stream(k) and k != "exchange"):
+                _, data, stamps = self._columns(run[log])
                 if "object" in data:
                     t = pd.DataFrame({**data, "ts_connected": stamps["connected"]})
                     frames.append(t[t["object"] == obj])
@@ -255,7 +261,7 @@ class Archive:
             keys = list(run)
             names.update((k, None) for k in run.metadata["start"].get("objects", []) if k in keys)
             names.update((k, None) for k in keys)
-        return [k for k in names if k not in ("connection", "exchange")]
+        return [k for k in names if is_object_stream(k)]
 
     def raw_day(self, obj: str, day: str | dt.date) -> pd.DataFrame:
         """The rows of ``obj``'s stream on ``day`` as they were written, from all its runs.

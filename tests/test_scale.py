@@ -242,6 +242,9 @@ def test_two_shards_across_midnight_make_one_run_per_day(deployment, tmp_path):
             for stream, seq in _rows(archive, run).items():
                 assert seq == list(range(1, len(seq) + 1)), stream
                 assert len(seq) == run.metadata["stop"]["num_events"][stream], stream
+        for o in OBJECTS:  # each shard's connection log says when its objects connected
+            assert archive.connections(o["name"], "2001-11-06")["connected"].any(), o["name"]
+        assert archive.streams("2001-11-06") == [o["name"] for o in OBJECTS]
     finally:
         host.close()
 

@@ -100,9 +100,9 @@ def _run_sharded(args, config) -> int:
     if args.shard is None:
         deployment = LocalShards(config, args.config, public=args.public, port=args.port)
         url = deployment.start()
-        print(f"warden: serving {len(config.objects)} objects in {config.shards} shards at "
-              f"{url} ({'public reads' if args.public else 'API key required'})", flush=True)
-        _run_until_signalled(deployment)
+        _run_until_signalled(deployment, (
+            f"warden: serving {len(config.objects)} objects in {config.shards} shards at "
+            f"{url} ({'public reads' if args.public else 'API key required'})"))
         return 0
     try:
         i, k = parse_shard(args.shard)
@@ -112,9 +112,9 @@ def _run_sharded(args, config) -> int:
         raise ConfigError(f"--shard: the config has shards: {config.shards}, not {k}")
     shard = Shard(config, i)
     shard.start()
-    print(f"warden: shard {i}/{k} watching {len(shard.service.config.objects)} objects, "
-          f"publishing to {config.nats.url}", flush=True)
-    _run_until_signalled(shard)
+    _run_until_signalled(shard, f"warden: shard {i}/{k} watching "
+                                f"{len(shard.service.config.objects)} objects, publishing to "
+                                f"{config.nats.url}")
     return 0
 
 
@@ -126,8 +126,7 @@ def cmd_archive(args) -> int:
     host = ArchiveHost(config, public=args.public, port=args.port, serve_only=args.serve_only)
     url = host.start()
     role = "serving" if args.serve_only else "serving and writing"
-    print(f"warden: {role} the archive of {config.shards} shards at {url}", flush=True)
-    _run_until_signalled(host)
+    _run_until_signalled(host, f"warden: {role} the archive of {config.shards} shards at {url}")
     return 0
 # -- end scale-out ------------------------------------------------------------------------
 

@@ -167,7 +167,6 @@ class Shard:
             svc.sim.start()
         svc.runner.start()
         RE = svc.engine = RunEngine({}, context_managers=[])
-        RE.subscribe(svc.latest)
         RE.subscribe(SharedDayRuns(
             self.publisher, lambda day: open_generation(self.link, day, self.shard,
                                                         self.config.shards),
