@@ -73,7 +73,7 @@ def test_bad_uris_are_one_line_errors(text, message):
 
 def test_the_config_takes_no_in_memory_archive(tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    for archive, message in [("mongomock://x/db", "unknown archive URI scheme 'mongomock'"),
+    for archive, message in [("mongomock://x/db", "mongomock:// is in memory, one per process"),
                              ("sqlite://host/a.db", "is not sqlite:///path/archive.db")]:
         config.write_text(f"archive: '{archive}'\n"
                           "objects: [{name: a, type: WcmControl, mode: monitor}]\n")
