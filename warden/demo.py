@@ -112,7 +112,9 @@ Beamline Warden demo
   simulated RHIC IOC   Channel Access on 127.0.0.1:{ca_port}
   archive              {data.resolve()}/archive.db (SQLite)
   Tiled server         {url}   (reads are public; writes need the key)
+  web page             {url}/warden/
   latest, raw HTTP     {url}/api/v1/metadata/latest/yi2-wcm3
+  Archiver Appliance   {url}/retrieval/data/getData.json?pv=yi2-wcm3:wcmBeam
   API key              {key}
 
 Try, in another shell:
