@@ -248,7 +248,8 @@ def test_archive_day_bins_each_attribute(window):
     binned = archive.day(OBJ, day, bin="10s", agg="max")
     seconds = unix_seconds(df["time"])
     want = df.groupby(np.floor(seconds / 10))[ATTR].max()
-    np.testing.assert_array_equal(binned[ATTR].to_numpy(), want.to_numpy())
+    complete = len(want) - 1  # (rows go on arriving into the last bin between the reads)
+    np.testing.assert_array_equal(binned[ATTR].to_numpy()[:complete], want.to_numpy()[:complete])
     assert "bunchIntensity" in binned  # arrays element by element
     assert len(binned["bunchIntensity"][0]) == len(df["bunchIntensity"][0])
     with pytest.raises(ValueError, match="unknown aggregate"):
