@@ -110,3 +110,12 @@ POLARIMETER = ObjectType("Polarimeter", "A ring's polarimeter: one measurement e
 OBJECT_TYPES: dict[str, ObjectType] = {
     t.name: t for t in (RING_SPEC, IR_SPEC, WCM_CONTROL, DVM_CONTROL, SIS_SCALER, POLARIMETER)
 }
+
+
+def describe_declared(desc: dict[str, dict], name: str, metadata: dict) -> dict[str, dict]:
+    """``desc`` (a signal's ``describe()``) with the declared ``units`` and ``precision`` the
+    signal holds in ``metadata``, as an EPICS signal describes those its IOC serves."""
+    for key in ("units", "precision"):
+        if metadata.get(key) is not None:
+            desc[name][key] = metadata[key]
+    return desc

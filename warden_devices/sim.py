@@ -9,6 +9,7 @@ from ophyd.sim import FakeEpicsSignalRO
 
 from .build import UpstreamObject, pv_names
 from .machine import RhicMachine, same_value
+from .rhic import describe_declared
 
 
 class SimAttribute(FakeEpicsSignalRO):
@@ -21,11 +22,7 @@ class SimAttribute(FakeEpicsSignalRO):
         self._metadata.update(units=units, precision=precision)
 
     def describe(self) -> dict[str, dict]:
-        desc = super().describe()
-        for key in ("units", "precision"):
-            if self._metadata[key] is not None:
-                desc[self.name][key] = self._metadata[key]
-        return desc
+        return describe_declared(super().describe(), self.name, self._metadata)
 
 
 class SimUpstream:

@@ -16,6 +16,8 @@ from typing import Any
 
 from ophyd.signal import Signal
 
+from .rhic import describe_declared
+
 log = logging.getLogger(__name__)
 
 
@@ -90,11 +92,7 @@ class TangoAttribute(Signal):
 
     # -- Signal API --------------------------------------------------------------------------
     def describe(self) -> dict[str, dict]:
-        desc = super().describe()
-        for key in ("units", "precision"):
-            if self._metadata[key] is not None:
-                desc[self.name][key] = self._metadata[key]
-        return desc
+        return describe_declared(super().describe(), self.name, self._metadata)
 
     @property
     def connected(self) -> bool:
