@@ -12,6 +12,9 @@ installed Tiled's catalog schema is not the one it was written for):
 - the SQL of Tiled's catalog tables (``nodes``, ``data_sources``, ``assets`` ...) that
   compaction reads and writes (:func:`closed_run_tables`, :func:`point_at_parquet`,
   :func:`compacted_sources`, :func:`set_properties`);
+- many stream nodes and their tables created in one catalog transaction, as Tiled's
+  ``create_node`` would create them one by one (:func:`create_streams`), and a prepared run
+  node taken over by the run it was prepared for;
 - creating the catalog's schema in this process (:func:`init_catalog`, what
   ``tiled catalog init`` does) and telling whether it is there (:func:`catalog_initialized`);
 - the app's settings override (:func:`settle_settings_override`);
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -251,6 +255,269 @@ def _keys_below(catalog: sqlite3.Connection, node: int, top: int) -> list[str]:
     return keys[::-1]
 
 
+# -- streams in bulk ---------------------------------------------------------------------------
+@dataclass
+class NewStream:
+    """A stream node to have, with its appendable ``internal`` table (see
+    :func:`create_streams`)."""
+
+    key: str
+    metadata: dict[str, Any]
+    specs: list[dict[str, Any]]
+    schema: pa.Schema  # of the internal table
+    table_metadata: dict[str, Any]
+
+
+def create_streams(uri: ArchiveURI, tables, run_key: str, run_metadata: dict[str, Any],
+                   run_specs: list[dict[str, Any]], streams: list[NewStream],
+                   take_over: str | None = None) -> dict[str, TableLocation]:
+    """Have the run node ``run_key`` and each of ``streams`` below it, each stream with its
+    ``internal`` table, in one transaction of the catalog; return where the rows of each
+    stream's table go, for the streams created and those prepared (below).
+
+    What Tiled's ``create_node`` does for a container, then for an appendable SQL table, for
+    every node, in bulk: the storage tables and dataset ids first, with ``tables`` (an ADBC
+    connection to the table storage, committed here), then the nodes, structures, data
+    sources and asset links. A stream that exists is left as it is, unless its metadata holds
+    ``prepared``: then it takes the given metadata (its table is made again if the schema
+    differs). ``take_over``: the key of a prepared run node that becomes ``run_key`` (its
+    metadata replaced) when no node ``run_key`` exists.
+    """
+    from tiled.structures.table import TableStructure
+
+    plans = {}
+    for stream in streams:
+        structure = dataclasses.asdict(TableStructure.from_schema(stream.schema))
+        name = "table_" + hashlib.md5(structure["arrow_schema"].encode()).hexdigest().lower()
+        plans[stream.key] = (stream, structure, name)
+    ids = iter(_dataset_ids(uri, tables, plans.values(), len(streams)))
+
+    async def write() -> dict[str, TableLocation]:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(_catalog_url(uri))
+        try:
+            async with engine.begin() as conn:
+                return await _create_in_catalog(conn, uri, run_key, run_metadata, run_specs,
+                                                plans, ids, take_over)
+        finally:
+            await engine.dispose()
+
+    return _run_async(write)
+
+
+def _dataset_ids(uri: ArchiveURI, tables, plans, n: int) -> list[int]:
+    """Make the storage tables ``plans`` need, as ``SQLAdapter.init_storage`` does, and
+    take ``n`` dataset ids of the storage's counter; commit."""
+    from tiled.adapters.sql import arrow_schema_to_create_table
+
+    dialect = "sqlite" if uri.scheme == "sqlite" else "postgresql"
+    made = set()
+    with tables.cursor() as cursor:
+        for stream, _, name in plans:
+            if name in made:
+                continue
+            schema = stream.schema.insert(0, pa.field("_partition_id", pa.int16()))
+            schema = schema.insert(0, pa.field("_dataset_id", pa.int32()))
+            cursor.execute(arrow_schema_to_create_table(schema, name, dialect))
+            cursor.execute("CREATE INDEX IF NOT EXISTS dataset_and_partition_index "
+                           f'ON "{name}"(_dataset_id, _partition_id)')
+            made.add(name)
+        if dialect == "sqlite":
+            cursor.execute("CREATE TABLE IF NOT EXISTS _dataset_id_counter "
+                           "(value INTEGER NOT NULL)")
+            cursor.execute("INSERT INTO _dataset_id_counter (value) "
+                           "SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM _dataset_id_counter)")
+            cursor.execute(f"UPDATE _dataset_id_counter SET value = value + {int(n)} "
+                           "RETURNING value")
+            (last,) = cursor.fetchone()
+            ids = list(range(last - n + 1, last + 1))
+        else:
+            cursor.execute("CREATE SEQUENCE IF NOT EXISTS _dataset_id_counter")
+            cursor.execute(f"SELECT nextval('_dataset_id_counter') FROM "
+                           f"generate_series(1, {int(n)})")
+            ids = [row[0] for row in cursor.fetchall()]
+    tables.commit()
+    return ids
+
+
+async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans, ids,
+                             take_over) -> dict[str, TableLocation]:
+    from sqlalchemy import select, update
+    from tiled.catalog import orm
+    from tiled.structures.core import StructureFamily
+    from tiled.structures.data_source import Management
+
+    nodes = orm.Node.__table__
+    root = (await conn.execute(select(nodes.c.id).where(nodes.c.parent.is_(None)))).scalar_one()
+    run = await _child_id(conn, root, run_key)
+    if run is None and take_over is not None:
+        run = await _child_id(conn, root, take_over)
+        if run is not None:
+            await conn.execute(update(nodes).where(nodes.c.id == run).values(
+                key=run_key, metadata=run_metadata))
+    if run is None:
+        run = (await conn.execute(nodes.insert().returning(nodes.c.id).values(
+            key=run_key, parent=root, structure_family=StructureFamily.container,
+            metadata=run_metadata, specs=run_specs))).scalar_one()
+
+    have = {key: (node, md) for node, key, md in (await conn.execute(
+        select(nodes.c.id, nodes.c.key, nodes.c.metadata).where(nodes.c.parent == run)))}
+    new = [key for key in plans if key not in have]
+    if new:
+        await conn.execute(nodes.insert(), [
+            {"key": key, "parent": run, "structure_family": StructureFamily.container,
+             "metadata": plans[key][0].metadata, "specs": plans[key][0].specs} for key in new])
+        have.update({key: (node, None) for node, key in (await conn.execute(
+            select(nodes.c.id, nodes.c.key).where(nodes.c.parent == run,
+                                                  nodes.c.key.in_(new))))})
+    tables_for, locations = list(new), {}
+    for key in plans:
+        node, md = have[key]
+        if key in new or not isinstance(md, dict) or "prepared" not in md:
+            continue
+        await conn.execute(update(nodes).where(nodes.c.id == node).values(
+            metadata=plans[key][0].metadata))
+        table = await _child_id(conn, node, "internal")
+        source = None if table is None else await _table_source(conn, table)
+        if source is not None and source[0] == _structure_id(plans[key][1]):
+            locations[key] = TableLocation(source[1]["table_name"],
+                                           int(source[1]["dataset_id"]))
+            continue
+        if table is not None:
+            await _delete_leaf(conn, table)
+        tables_for.append(key)
+
+    if tables_for:
+        rows = [{"key": "internal", "parent": have[key][0],
+                 "structure_family": StructureFamily.table,
+                 "metadata": plans[key][0].table_metadata, "specs": []} for key in tables_for]
+        await conn.execute(nodes.insert(), rows)
+        table_nodes = dict((await conn.execute(
+            select(nodes.c.parent, nodes.c.id).where(
+                nodes.c.parent.in_([have[key][0] for key in tables_for]),
+                nodes.c.key == "internal"))).all())
+        insert = _insert_for(conn)
+        await conn.execute(insert(orm.Structure.__table__).on_conflict_do_nothing(
+            index_elements=["id"]), [{"id": _structure_id(plans[key][1]),
+                                     "structure": plans[key][1]} for key in tables_for])
+        asset = await _storage_asset(conn, uri)
+        sources = orm.DataSource.__table__
+        for key in tables_for:
+            stream, structure, name = plans[key]
+            where = locations[key] = TableLocation(name, next(ids))
+            source = (await conn.execute(sources.insert().returning(sources.c.id).values(
+                node_id=table_nodes[have[key][0]], structure_id=_structure_id(structure),
+                mimetype=SQL_TABLE, management=Management.writable,
+                structure_family=StructureFamily.table, properties={},
+                parameters={"table_name": name, "dataset_id": where.dataset_id}))).scalar_one()
+            await conn.execute(orm.DataSourceAssetAssociation.__table__.insert().values(
+                data_source_id=source, asset_id=asset, parameter="data_uri", num=None))
+    return locations
+
+
+async def _child_id(conn, parent: int, key: str) -> int | None:
+    from sqlalchemy import select
+    from tiled.catalog import orm
+
+    nodes = orm.Node.__table__
+    return (await conn.execute(select(nodes.c.id).where(
+        nodes.c.parent == parent, nodes.c.key == key))).scalar_one_or_none()
+
+
+async def _delete_leaf(conn, node: int) -> None:
+    """Delete a node without children, its data sources and their asset links (SQLite does
+    not cascade: Tiled does not turn its foreign keys on)."""
+    from sqlalchemy import delete, select
+    from tiled.catalog import orm
+
+    sources = orm.DataSource.__table__
+    links = orm.DataSourceAssetAssociation.__table__
+    closure = orm.NodesClosure.__table__
+    mine = select(sources.c.id).where(sources.c.node_id == node).scalar_subquery()
+    await conn.execute(delete(links).where(links.c.data_source_id.in_(mine)))
+    await conn.execute(delete(sources).where(sources.c.node_id == node))
+    await conn.execute(delete(closure).where(closure.c.descendant == node))
+    await conn.execute(delete(orm.Node.__table__).where(orm.Node.__table__.c.id == node))
+
+
+async def _table_source(conn, table_node: int) -> tuple[str, dict] | None:
+    """(structure id, parameters) of a table node's data source."""
+    from sqlalchemy import select
+    from tiled.catalog import orm
+
+    sources = orm.DataSource.__table__
+    row = (await conn.execute(select(sources.c.structure_id, sources.c.parameters).where(
+        sources.c.node_id == table_node))).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _structure_id(structure: dict[str, Any]) -> str:
+    from tiled.catalog.utils import compute_structure_id
+
+    return compute_structure_id(structure)
+
+
+def _insert_for(conn):
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert
+
+
+async def _storage_asset(conn, uri: ArchiveURI) -> int:
+    """The asset row of the table storage, as ``SQLAdapter.init_storage`` names it."""
+    from sqlalchemy import select
+    from tiled.catalog import orm
+    from tiled.storage import (
+        parse_storage,
+        strip_connection_parameters,
+        strip_storage_uri_query_on_write,
+    )
+
+    data_uri = parse_storage(uri.tables).uri
+    if strip_storage_uri_query_on_write():
+        data_uri = strip_connection_parameters(data_uri)
+    assets = orm.Asset.__table__
+    found = (await conn.execute(select(assets.c.id).where(
+        assets.c.data_uri == data_uri))).scalar_one_or_none()
+    if found is not None:
+        return found
+    return (await conn.execute(assets.insert().returning(assets.c.id).values(
+        data_uri=data_uri, is_directory=False))).scalar_one()
+
+
+def _catalog_url(uri: ArchiveURI) -> str:
+    from tiled.utils import ensure_specified_sql_driver
+
+    return ensure_specified_sql_driver(uri.catalog)
+
+
+def _run_async(make) -> Any:
+    """``asyncio.run(make())`` on a thread of its own (the caller's may run a loop)."""
+    return _on_own_thread(lambda: asyncio.run(make()))
+
+
+def _on_own_thread(call) -> Any:
+    """``call()`` on a thread of its own, which may run an event loop; its result or error."""
+    out: list[Any] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=run, name="warden-catalog")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
 # -- the catalog's schema ---------------------------------------------------------------------
 def init_catalog(uri: ArchiveURI) -> None:
     """Create Tiled's catalog schema in the archive's database, as ``tiled catalog init``
@@ -275,20 +542,11 @@ def init_catalog(uri: ArchiveURI) -> None:
         finally:
             await engine.dispose()
 
-    failed: list[BaseException] = []
-
     def init() -> None:
-        try:
-            asyncio.run(create_tables())
-            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, url)
-        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
-            failed.append(err)
+        asyncio.run(create_tables())
+        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, url)
 
-    thread = threading.Thread(target=init, name="warden-catalog-init")
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
+    _on_own_thread(init)
 
 
 def catalog_initialized(uri: ArchiveURI) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -176,6 +177,95 @@ def test_rows_read_and_deleted_in_the_storage_are_tiled_s(tmp_path):
             assert tiled_internals.delete_rows(db, where, limit=20) == 20
             assert tiled_internals.delete_rows(db, where, limit=20) == 10
         assert len(node.read()) == 0
+
+
+TILED_RUN, BULK_RUN, TOMORROW = (f"{n}0000000-0000-4000-8000-000000000000" for n in "abc")
+RUN_SPECS = [{"name": "BlueskyRun", "version": "3.0"}]
+STREAM_SPECS = [{"name": "BlueskyEventStream", "version": "3.0"},
+                {"name": "composite", "version": None}]
+OTHER = pa.schema([("time", pa.float64()), ("seq_num", pa.int64()), ("a0", pa.float64())])
+
+
+def node_as_served(node) -> dict:
+    """What Tiled's client is told of a node, without what differs from node to node."""
+    attributes = {k: v for k, v in node.item["attributes"].items()
+                  if k not in ("ancestors", "data_sources", "structure")}
+    sources = []
+    for source in node.data_sources() or []:
+        parameters = {k: v for k, v in source.parameters.items() if k != "dataset_id"}
+        assets = [(a.data_uri, a.parameter, a.num, a.is_directory) for a in source.assets]
+        sources.append((source.mimetype, source.management, source.structure_family,
+                        source.properties, parameters, dataclasses.asdict(source.structure)
+                        if dataclasses.is_dataclass(source.structure) else source.structure,
+                        assets))
+    return {"attributes": attributes, "sources": sources}
+
+
+def test_streams_created_in_bulk_are_served_as_streams_created_through_tiled(archive):
+    from tiled.structures.core import Spec
+
+    run_md = {"start": {"uid": "r", "day": "2001-11-06"}}  # (the same for both)
+    stream_md = {"data_keys": {"wcmBeam": {"dtype": "number"}}, "uid": "d1"}
+    table_md = {"wcmBeam": {"dtype": "number", "source": "sim"}}
+    with tiled_client(sql_catalog(archive)) as (client, _):
+        run = client.create_container(key=TILED_RUN, metadata=run_md,
+                                      specs=[Spec("BlueskyRun", version="3.0")])
+        stream = run.create_container(key="yi2-wcm3", metadata=stream_md, specs=[
+            Spec("BlueskyEventStream", version="3.0"), Spec("composite")])
+        stream.create_appendable_table(SCHEMA, key="internal", metadata=table_md)
+
+        tables = DirectTables(archive)
+        try:
+            wanted = [tiled_internals.NewStream(name, stream_md, STREAM_SPECS, SCHEMA, table_md)
+                      for name in ("yi2-wcm3", "bo2-wcm1")]
+            made = tiled_internals.create_streams(archive, tables._connect(), BULK_RUN, run_md,
+                                                  RUN_SPECS, wanted)
+            assert sorted(made) == ["bo2-wcm1", "yi2-wcm3"]
+            again = tiled_internals.create_streams(archive, tables._connect(), BULK_RUN, run_md,
+                                                   RUN_SPECS, wanted)
+            assert again == {}  # there already: left as they are
+            for rows in (page(0, 5), page(5, 7)):
+                tables.append(made["yi2-wcm3"], rows)
+            tables.commit()
+
+            for path in ([], ["yi2-wcm3"], ["yi2-wcm3", "internal"]):
+                ours, tileds = client[BULK_RUN], client[TILED_RUN]
+                for key in path:  # (a composite stream hides its table)
+                    ours, tileds = ours.base[key], tileds.base[key]
+                assert node_as_served(ours) == node_as_served(tileds)
+            assert sorted(client[BULK_RUN]) == ["bo2-wcm1", "yi2-wcm3"]
+            internal = client[BULK_RUN]["yi2-wcm3"].base["internal"]
+            assert made["yi2-wcm3"] == DirectTables.location(internal)
+            pd.testing.assert_frame_equal(internal.read(),
+                                          pa.concat_tables([page(0, 5), page(5, 7)]).to_pandas(),
+                                          check_dtype=False)
+            assert len(client[BULK_RUN]["bo2-wcm1"].base["internal"].read()) == 0
+
+            # tomorrow prepared under a key of its own, then taken over by its run
+            prepared = {**stream_md, "prepared": "2001-11-07"}
+            ahead = tiled_internals.create_streams(
+                archive, tables._connect(), "prepared-2001-11-07", {"prepared": "2001-11-07"},
+                RUN_SPECS, [tiled_internals.NewStream(n, prepared, STREAM_SPECS, SCHEMA, table_md)
+                            for n in ("yi2-wcm3", "bo2-wcm1")])
+            tomorrow = {"start": {"uid": TOMORROW, "day": "2001-11-07"}}
+            taken = tiled_internals.create_streams(
+                archive, tables._connect(), TOMORROW, tomorrow, RUN_SPECS,
+                [tiled_internals.NewStream("yi2-wcm3", stream_md, STREAM_SPECS, SCHEMA, table_md),
+                 tiled_internals.NewStream("bo2-wcm1", stream_md, STREAM_SPECS, OTHER, {})],
+                take_over="prepared-2001-11-07")
+            assert "prepared-2001-11-07" not in list(client)
+            assert client[TOMORROW].metadata == tomorrow
+            assert taken["yi2-wcm3"] == ahead["yi2-wcm3"]  # the table prepared is kept
+            assert taken["bo2-wcm1"] != ahead["bo2-wcm1"]  # another schema: made again
+            for name in ("yi2-wcm3", "bo2-wcm1"):
+                assert client[TOMORROW][name].metadata == stream_md
+                assert DirectTables.location(client[TOMORROW][name].base["internal"]) == taken[name]
+            tables.append(taken["bo2-wcm1"], pa.table({"time": [1.0], "seq_num": [1],
+                                                       "a0": [2.5]}, schema=OTHER))
+            tables.commit()
+            assert client[TOMORROW]["bo2-wcm1"].base["internal"].read()["a0"].tolist() == [2.5]
+        finally:
+            tables.close()
 
 
 def test_the_metadata_body_of_a_leafless_node_is_tiled_s():
