@@ -340,6 +340,9 @@ class JetStreamWriter:
     def _write_batch(self, docs: list[tuple[tuple[str, dict], int]]) -> None:
         """Documents in order, with the event pages of each stream between two other
         documents merged into one page; then commit."""
+        prepare = getattr(self.sink, "prepare", None)
+        if prepare is not None:
+            prepare([doc for doc, _ in docs])
         pages: dict[str, list[dict]] = {}
         for (name, doc), shard in docs:
             if name == "event_page":
@@ -504,6 +507,9 @@ class SharedRunSink:
         status = next((s for s in ("fail", "abort") if s in statuses), "success")
         return {**last, "num_events": events, "exit_status": status,
                 "time": max(s["time"] for s in stops.values())}
+
+    def prepare(self, docs) -> None:
+        self.sink.prepare(docs)
 
     def flush(self) -> None:
         self.sink.flush()

@@ -177,7 +177,7 @@ class Archive:
         catalog = self.catalog
         if getattr(catalog, "is_sql", False):
             found = catalog.distinct("start.day")["metadata"].get("start.day", [])
-            return sorted(entry["value"] for entry in found)
+            return sorted(e["value"] for e in found if e["value"] is not None)  # (prepared)
         # databroker's MongoAdapter groups the run starts by the key as given and answers
         # under "start.<key>"; should that ever change, look at every run.
         found = catalog.distinct("day")["metadata"].get("start.day")

@@ -6,7 +6,9 @@ per run keyed by the start uid, a composite container per stream, an appendable 
 table (``seq_num``, ``time``, one column per scalar data key, ``ts_<key>``), and each array
 data key as an extendable array node (SQLite tables cannot hold list columns). Unlike
 ``TiledWriter`` it appends each event page as it arrives, so every flush of the plan is
-queryable at once.
+queryable at once. On SQL archives it creates the streams a batch of documents describes in
+one catalog transaction (:meth:`TiledRunSink.prepare`), and tomorrow's run with today's
+streams ahead of midnight, so neither a start nor a new day stalls on creating nodes.
 
 :class:`SpooledWriter` drains the on-disk spool (:mod:`catalog.spool`) into any sink on one
 thread, so nothing is lost while the archive is away (the archive writer process runs it).
@@ -14,11 +16,13 @@ thread, so nothing is lost while the archive is away (the archive writer process
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +31,18 @@ from tiled.structures.core import Spec
 
 from .direct import DirectTables
 from .spool import READ_BYTES, Position, SpoolReader, encode
+from .tiled_internals import NewStream, TableLocation
 
 log = logging.getLogger(__name__)
+RUN_SPECS = [{"name": "BlueskyRun", "version": "3.0"}]
+STREAM_SPECS = [{"name": "BlueskyEventStream", "version": "3.0"},
+                {"name": "composite", "version": None}]
+PREPARE_AHEAD = 600.0  # s before midnight (by the documents' times) to prepare tomorrow's run
+
+
+def prepared_key(day: str) -> str:
+    """The key of the run node prepared for ``day`` until that day's run takes it over."""
+    return f"prepared-{day}"
 
 
 class TiledRunSink(DocumentRouter):
@@ -38,15 +52,28 @@ class TiledRunSink(DocumentRouter):
     or a crash): a run or stream that exists is reused, and an event page only adds the rows
     whose ``seq_num`` is past what each node holds. After a failed write, call
     :meth:`resync` so the next page asks the archive what it holds.
+
+    With ``direct`` (a SQL archive), :meth:`prepare` creates the runs and streams of a batch
+    in one transaction before the batch is written, and, once the documents reach ``ahead``
+    seconds before the current day's midnight, the next day's run with every stream of this
+    one, under :func:`prepared_key` (its start holds no ``day``: no query by day finds it).
+    The next day's first run takes it over.
     """
 
-    def __init__(self, root, direct: DirectTables | None = None):
+    def __init__(self, root, direct: DirectTables | None = None,
+                 ahead: float = PREPARE_AHEAD):
         super().__init__()
         self.root = root
         self.direct = direct  # append table rows straight into the SQL storage
-        self._runs: dict[str, Any] = {}
+        self.ahead = ahead
+        self.prepared_days: list[str] = []  # days prepared ahead by this sink
+        self._runs: dict[str, Any] = {}  # by start uid: its node, or None until needed
         self._fresh: set[str] = set()  # runs this sink made and nothing failed since
         self._streams: dict[str, _Stream] = {}  # by descriptor uid
+        self._ready: dict[str, TableLocation] = {}  # streams prepared, by descriptor uid
+        self._starts: dict[str, dict] = {}  # by uid, until the stop
+        self._described: dict[str, dict[str, dict]] = {}  # run uid -> name -> descriptor
+        self._newest = 0.0  # the newest event time written
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if name != "event_page":
@@ -55,9 +82,11 @@ class TiledRunSink(DocumentRouter):
 
     def flush(self) -> None:
         """Commit the rows appended straight into the tables (the writer calls it at the end
-        of each batch; every other write to the archive calls it first)."""
+        of each batch; every other write to the archive calls it first); then prepare
+        tomorrow's run if it is time."""
         if self.direct is not None:
             self.direct.commit()
+            self._prepare_tomorrow()
 
     def close(self) -> None:
         """Close the direct connection to the tables (an SQLite file must not stay open in
@@ -66,8 +95,67 @@ class TiledRunSink(DocumentRouter):
         if self.direct is not None:
             self.direct.close()
 
+    def prepare(self, docs: Sequence[tuple[str, dict]]) -> None:
+        """Create, in one transaction, the runs started and the streams described in
+        ``docs`` that the archive has not got (a run prepared ahead for the start's day is
+        taken over). A writer calls it before it gives the sink a batch. Without ``direct``
+        it does nothing."""
+        if self.direct is None:
+            return
+        starts = {d["uid"]: d for n, d in docs if n == "start" and d["uid"] not in self._runs}
+        described: dict[str, list[dict]] = {}
+        for name, doc in docs:
+            if name == "descriptor" and doc["uid"] not in self._streams | self._ready:
+                described.setdefault(doc["run_start"], []).append(doc)
+        for uid in [*starts, *(u for u in described if u not in starts)]:
+            start = starts.get(uid) or self._starts.get(uid)
+            if start is None:
+                continue  # a run started before this writer: looked up as it comes
+            descriptors = described.get(uid, [])
+            made = self.direct.create_streams(
+                uid, {"start": start}, RUN_SPECS, [new_stream(d) for d in descriptors],
+                take_over=prepared_key(start["day"]) if "day" in start else None)
+            self._runs.setdefault(uid, None)
+            self._starts[uid] = start
+            self._ready.update({d["uid"]: made[d["name"]] for d in descriptors
+                                if d["name"] in made})
+
+    def _prepare_tomorrow(self) -> None:
+        """Create tomorrow's run with the streams of today's runs, once the documents are
+        within ``ahead`` seconds of midnight (one transaction, once a day)."""
+        days = [(s["day"], s.get("timezone", "UTC")) for s in self._starts.values()
+                if "day" in s]
+        if not days:
+            return
+        day, zone = max(days)
+        tomorrow = dt.date.fromisoformat(day) + dt.timedelta(days=1)
+        midnight = dt.datetime.combine(tomorrow, dt.time(0), ZoneInfo(zone)).timestamp()
+        if tomorrow.isoformat() in self.prepared_days or not (
+                midnight - self.ahead <= self._newest < midnight):
+            return
+        streams = {}
+        for uid, start in self._starts.items():
+            if start.get("day") == day:
+                streams.update(self._described.get(uid, {}))
+        key = prepared_key(tomorrow.isoformat())
+        placeholder = {"uid": key, "time": time.time(), "plan_name": "prepared",
+                       "prepared": tomorrow.isoformat(), "timezone": zone}
+        t0 = time.perf_counter()
+        self.direct.create_streams(key, {"start": placeholder}, RUN_SPECS, [
+            new_stream(d, prepared=tomorrow.isoformat()) for d in streams.values()])
+        self.prepared_days.append(tomorrow.isoformat())
+        log.info("prepared %s's run with %d streams in %.1f s", tomorrow, len(streams),
+                 time.perf_counter() - t0)
+
+    def _run(self, uid: str):
+        """The run's node (looked up the first time it is needed)."""
+        if self._runs.get(uid) is None:
+            self._runs[uid] = self.root[uid]
+        return self._runs[uid]
+
     def start(self, doc: dict) -> None:
         uid = doc["uid"]
+        self._starts.setdefault(uid, doc)
         if uid in self._runs:
             return
         try:
@@ -81,28 +169,38 @@ class TiledRunSink(DocumentRouter):
     def descriptor(self, doc: dict) -> None:
         if doc["uid"] in self._streams:
             return
-        run = self._runs[doc["run_start"]]
-        if doc["run_start"] not in self._fresh and doc["name"] in run:
-            self._streams[doc["uid"]] = _Stream(run[doc["name"]].base, doc["data_keys"],
-                                                 known=False, direct=self.direct)
+        uid, name = doc["run_start"], doc["name"]
+        self._described.setdefault(uid, {})[name] = doc
+        where = self._ready.pop(doc["uid"], None)
+        if where is not None:  # made by prepare(): nothing to ask
+            self._streams[doc["uid"]] = _Stream(
+                lambda: self._run(uid)[name].base, doc["data_keys"], direct=self.direct,
+                run=uid, where=where, schema=schema_of(doc["data_keys"]))
             return
-        md = {k: v for k, v in doc.items() if k not in {"name", "object_keys", "run_start"}}
+        run = self._run(uid)
+        if uid not in self._fresh and name in run:
+            self._streams[doc["uid"]] = _Stream(run[name].base, doc["data_keys"], known=False,
+                                                direct=self.direct, run=uid)
+            return
         node = run.create_container(
-            key=doc["name"],
-            metadata=md,
+            key=name,
+            metadata=stream_metadata(doc),
             specs=[Spec("BlueskyEventStream", version="3.0"), Spec("composite")],
         ).base
-        self._streams[doc["uid"]] = _Stream(node, doc["data_keys"], direct=self.direct)
+        self._streams[doc["uid"]] = _Stream(node, doc["data_keys"], direct=self.direct, run=uid)
 
     def event_page(self, doc: dict) -> None:
         self._streams[doc["descriptor"]].append(doc)
+        self._newest = max(self._newest, doc["time"][-1])
 
     def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
         run = self._runs.pop(uid, None) or self.root[uid]
         run.update_metadata(metadata={"stop": doc}, drop_revision=True)
         self._fresh.discard(uid)
-        for d in [d for d, s in self._streams.items() if s.node.uri.startswith(run.uri)]:
+        self._starts.pop(uid, None)
+        self._described.pop(uid, None)
+        for d in [d for d, s in self._streams.items() if s.run == uid]:
             del self._streams[d]
 
     def resync(self) -> None:
@@ -114,25 +212,73 @@ class TiledRunSink(DocumentRouter):
             stream.known = False
 
 
+def stream_metadata(descriptor: dict) -> dict:
+    """A stream node's metadata: its descriptor, as bluesky-tiled-plugins keeps it."""
+    return {k: v for k, v in descriptor.items() if k not in {"name", "object_keys", "run_start"}}
+
+
+def schema_of(data_keys: dict[str, dict], names: Sequence[str] | None = None) -> pa.Schema:
+    """The ``internal`` table's schema: ``seq_num``, ``time``, the scalar data keys, then
+    ``ts_<key>`` of every data key (``names``: those columns, in that order). Column types
+    come from the data keys, so a page of whole numbers stays a float column."""
+    if names is None:
+        scalars = [k for k, dk in data_keys.items() if dk["dtype"] != "array"]
+        names = ["seq_num", "time", *scalars, *(f"ts_{k}" for k in data_keys)]
+    types = {"number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
+             "string": pa.string()}
+    fields = []
+    for name in names:
+        key = name.removeprefix("ts_") if name.startswith("ts_") else name
+        if name in ("time",) or name.startswith("ts_") and key in data_keys:
+            fields.append((name, pa.float64()))
+        elif name == "seq_num":
+            fields.append((name, pa.int64()))
+        else:
+            fields.append((name, types.get(data_keys[name]["dtype"], pa.string())))
+    return pa.schema(fields)
+
+
+def new_stream(descriptor: dict, prepared: str | None = None) -> NewStream:
+    """The nodes of a described stream, to create in bulk (``prepared``: ahead, for that
+    day; its metadata says so until its day's descriptor replaces it)."""
+    keys = descriptor["data_keys"]
+    md = stream_metadata(descriptor)
+    if prepared is not None:
+        md["prepared"] = prepared
+    return NewStream(descriptor["name"], md, STREAM_SPECS, schema_of(keys),
+                     {k: v for k, v in keys.items() if v["dtype"] != "array"})
+
+
 class _Stream:
     """One stream's nodes: the ``internal`` table and its large-array nodes.
 
     ``stored`` holds, per node, the last ``seq_num`` it has (``seq_num`` counts 1, 2, ...
     in each stream). The table is written before the arrays, so a write cut short leaves
-    the arrays behind the table, never ahead.
+    the arrays behind the table, never ahead. ``node`` is the stream's Tiled node, or a
+    callable that looks it up (a stream made by :meth:`TiledRunSink.prepare`, whose table's
+    ``where`` and ``schema`` are known, needs its node only for arrays).
     """
 
     def __init__(self, node, data_keys: dict[str, dict], known: bool = True,
-                 direct: DirectTables | None = None):
-        self.node = node
+                 direct: DirectTables | None = None, run: str = "",
+                 where: TableLocation | None = None, schema: pa.Schema | None = None):
+        self._node = node
+        self.run = run  # the run's uid
         self.direct = direct
-        self.where = None  # the table's location in the SQL storage, for direct appends
+        self.where = where  # the table's location in the SQL storage, for direct appends
+        self.schema = schema  # the table's, when made ahead
         self.data_keys = data_keys
         self.array_keys = [k for k, dk in data_keys.items() if dk["dtype"] == "array"]
         self.table = None
         self.arrays: dict[str, Any] = {}
         self.stored: dict[str, int] = {}
         self.known = known  # False: ask the archive what it holds before the next append
+
+    @property
+    def node(self):
+        if callable(self._node):
+            self._node = self._node()
+        return self._node
 
     def append(self, page: dict) -> None:
         if not self.known:
@@ -167,8 +313,10 @@ class _Stream:
         columns: dict[str, Any] = {"seq_num": page["seq_num"], "time": page["time"]}
         columns.update({k: v for k, v in data.items() if k not in self.array_keys})
         columns.update({f"ts_{k}": v for k, v in stamps.items()})
-        table = pa.table(columns, schema=self._schema(columns))
-        if self.table is None:
+        if self.schema is not None:  # (the columns of a table made ahead, in its order)
+            columns = {name: columns[name] for name in self.schema.names}
+        table = pa.table(columns, schema=self.schema or schema_of(self.data_keys, columns))
+        if self.table is None and self.where is None:
             md = {k: v for k, v in self.data_keys.items() if k in columns}
             if self.direct is not None:
                 self.direct.commit()  # (Tiled takes the tables' write lock to create one)
@@ -181,21 +329,6 @@ class _Stream:
         if self.where is None:
             self.where = self.direct.location(self.table)
         self.direct.append(self.where, table)
-
-    def _schema(self, columns: dict[str, Any]) -> pa.Schema:
-        """Column types from the data keys, so a page of whole numbers stays a float column."""
-        types = {"number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
-                 "string": pa.string()}
-        fields = []
-        for name in columns:
-            key = name.removeprefix("ts_") if name.startswith("ts_") else name
-            if name in ("time",) or name.startswith("ts_") and key in self.data_keys:
-                fields.append((name, pa.float64()))
-            elif name == "seq_num":
-                fields.append((name, pa.int64()))
-            else:
-                fields.append((name, types.get(self.data_keys[name]["dtype"], pa.string())))
-        return pa.schema(fields)
 
     def _append_array(self, key: str, array: np.ndarray) -> None:
         node = self.arrays.get(key)
@@ -314,6 +447,9 @@ class SpooledWriter:
         delay = self.retry
         while True:
             try:
+                prepare = getattr(self.sink, "prepare", None)
+                if prepare is not None:
+                    prepare(docs)
                 written = []
                 for name, doc in _merge_pages(docs):
                     if self._write(name, doc):
@@ -384,6 +520,11 @@ def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    from sqlalchemy.exc import InterfaceError
+    from sqlalchemy.exc import OperationalError as SQLOperationalError
+
+    if isinstance(exc, (SQLOperationalError, InterfaceError)):  # the catalog (bulk creation)
         return True
     from adbc_driver_manager import OperationalError  # direct appends: server gone, busy
 
