@@ -169,11 +169,13 @@ class NatsLink:
             self.loop.close()
 
 
-def message_id(name: str, doc: dict) -> str:
-    """The ``Nats-Msg-Id`` of a document: the same for the same document, published again."""
+def message_id(name: str, doc: dict, shard: int = 0) -> str:
+    """The ``Nats-Msg-Id`` of a document of ``shard``: the same for the same document,
+    published again. Every shard publishes the day run's start with the same uid: each is a
+    document of its own (:class:`SharedRunSink` counts the shards by their starts)."""
     if name == "event_page":
-        return f"event_page:{doc['uid'][0]}"
-    return f"{name}:{doc['uid']}"
+        return f"{shard}:event_page:{doc['uid'][0]}"
+    return f"{shard}:{name}:{doc['uid']}"
 
 
 class DocumentPublisher:
@@ -186,7 +188,7 @@ class DocumentPublisher:
 
     def __init__(self, link: NatsLink, shard: int, batch: int = 500, timeout: float = 5.0):
         self.link = link
-        self.subject = link.bus.subject(shard)
+        self.shard, self.subject = shard, link.bus.subject(shard)
         self.headers = {SHARD_HEADER: str(shard)}
         self.batch, self.timeout = batch, timeout
         self.published = 0  # documents acknowledged by JetStream
@@ -199,7 +201,7 @@ class DocumentPublisher:
 
     def __call__(self, name: str, doc: dict) -> None:
         kept = doc["uid"] if name in ("start", "descriptor") else None
-        item = (message_id(name, doc), encode(name, doc), kept)
+        item = (message_id(name, doc, self.shard), encode(name, doc), kept)
         with self._done:
             self._given += 1
         self.link.loop.call_soon_threadsafe(self._queue.put_nowait, item)

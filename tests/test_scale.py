@@ -143,6 +143,10 @@ def test_a_document_published_twice_is_stored_once(deployment):
         assert publisher.close(30)
         info = link.call(link.js.stream_info(link.bus.stream))
         assert info.state.messages == 1
+        other = DocumentPublisher(link, shard=1)  # another shard's start of the same day run:
+        other("start", dict(doc))  # a document of its own (the writer counts the shards)
+        assert other.close(30)
+        assert link.call(link.js.stream_info(link.bus.stream)).state.messages == 2
     finally:
         link.close()
 
