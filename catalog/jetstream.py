@@ -13,6 +13,13 @@ Everything of one deployment is named after it (``name``, default ``warden``):
   drops what is acknowledged, so a writer started again learns from it the streams of the
   event pages it gets (:meth:`JetStreamWriter._recover`).
 
+The days and runs buckets gain keys every day (a key per shard, a start and a descriptor per
+stream), so their keys expire ``KV_EXPIRY`` (30 days) after they were put: longer than a
+writer can be away and still find the descriptors of what waits for it in the stream, and
+than a day during which a restarted shard must find the generations it opened. A bucket made
+without an expiry (by an earlier version) is given it; one whose expiry an operator set is
+left as it is.
+
 :class:`DocumentPublisher` publishes in order, each message with a ``Nats-Msg-Id`` made from
 the document's own uid, and publishes a batch again until JetStream acknowledges it: a
 message published twice within the stream's duplicate window is stored once.
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import math
 import threading
@@ -58,6 +66,7 @@ from .spool import decode, encode
 
 log = logging.getLogger(__name__)
 DUPLICATE_WINDOW = 600.0  # s: a message published again within this is stored once
+KV_EXPIRY = 30 * 86400.0  # s: the days and runs buckets drop a key this long after its put
 SHARD_HEADER = "Warden-Shard"
 
 
@@ -90,6 +99,10 @@ class Bus:
     @property
     def runs_bucket(self) -> str:
         return f"{self.name}-runs"
+
+    def expiry(self, bucket: str) -> float | None:
+        """Seconds a key of ``bucket`` is kept after its put (None: until it is replaced)."""
+        return KV_EXPIRY if bucket in (self.days_bucket, self.runs_bucket) else None
 
 
 class NatsLink:
@@ -133,16 +146,30 @@ class NatsLink:
         self.call(ensure())
 
     def bucket(self, name: str):
-        """The key-value bucket ``name``, created if missing."""
+        """The key-value bucket ``name``, created if missing, with its expiry
+        (:meth:`Bus.expiry`); a bucket there without an expiry is given it."""
+        ttl = self.bus.expiry(name)
 
         async def get():
             try:
-                return await self.js.key_value(name)
+                kv = await self.js.key_value(name)
             except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFound
-                return await self.js.create_key_value(bucket=name, history=1,
+                return await self.js.create_key_value(bucket=name, history=1, ttl=ttl,
                                                       storage=StorageType.FILE)
+            if ttl is not None:
+                await self._expire(name, ttl)
+            return kv
 
         return self.call(get())
+
+    async def _expire(self, bucket: str, ttl: float) -> None:
+        """Give the bucket's stream ``max_age`` ``ttl`` if it has none (made without one)."""
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if info.config.max_age:
+            return  # (its own, or one an operator set)
+        await self.js.update_stream(dataclasses.replace(info.config, max_age=ttl))
+        log.info("NATS: keys of the bucket %s now expire %.0f days after their put", bucket,
+                 ttl / 86400)
 
     def close(self) -> None:
         """Flush what is published and disconnect."""

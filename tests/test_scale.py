@@ -366,3 +366,46 @@ def test_two_shards_one_day_run_latest_for_all_writer_killed_loses_and_doubles_n
                 _stop(proc, timeout=60)
             for log in logs.values():
                 log.close()
+
+
+# -- the buckets that grow by the day expire -------------------------------------------------------
+def test_the_days_and_runs_buckets_expire_and_old_buckets_are_given_the_expiry(deployment):
+    from catalog.jetstream import KV_EXPIRY
+
+    bus = Bus(NATS_URL, deployment)
+
+    async def made_before(bucket: str, ttl: float | None) -> None:  # (an earlier version)
+        import nats
+
+        nc = await nats.connect(NATS_URL)
+        kv = await nc.jetstream().create_key_value(bucket=bucket, history=1, ttl=ttl)
+        await kv.put("kept", b"1")
+        await nc.close()
+
+    asyncio.run(made_before(bus.runs_bucket, None))  # without an expiry
+    link = NatsLink(bus)
+    try:
+        def max_age(bucket: str) -> float:
+            return link.call(link.js.stream_info(f"KV_{bucket}")).config.max_age
+
+        runs = link.bucket(bus.runs_bucket)
+        assert max_age(bus.runs_bucket) == KV_EXPIRY >= 7 * 86400  # given the expiry ...
+        assert link.call(runs.get("kept")).value == b"1"  # ... its keys kept
+        link.bucket(bus.days_bucket)
+        link.bucket(bus.latest_bucket)
+        assert max_age(bus.days_bucket) == KV_EXPIRY  # a new bucket made with it
+        assert not max_age(bus.latest_bucket)  # one key per object: never expires
+    finally:
+        link.close()
+
+    other = Bus(NATS_URL, deployment + "x")  # an expiry an operator set is left as it is
+    asyncio.run(made_before(other.days_bucket, 90 * 86400.0))
+    link = NatsLink(other)
+    try:
+        link.bucket(other.days_bucket)
+        info = link.call(link.js.stream_info(f"KV_{other.days_bucket}"))
+        assert info.config.max_age == 90 * 86400.0
+    finally:
+        link.call(link.js.delete_stream(f"KV_{other.days_bucket}"))
+        link.close()
+
