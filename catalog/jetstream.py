@@ -284,13 +284,17 @@ class JetStreamWriter:
     Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first), gives them to
     the sink in stream order, commits, and acknowledges the batch. While the archive cannot
     be reached the batch is written again after a pause, unacknowledged. ``on_written(name, doc,
-    shard)`` hears every document written.
+    shard)`` hears every document written; ``on_acked(names, seq)`` every batch acknowledged:
+    the names of its documents and the stream sequence of its last message (nothing up to it
+    comes to a writer again).
     """
 
     def __init__(self, sink: Callable[[str, dict], None], link: NatsLink, batch: int = 1000,
-                 wait: float = 0.5, on_written: Callable[[str, dict, int], None] | None = None):
+                 wait: float = 0.5, on_written: Callable[[str, dict, int], None] | None = None,
+                 on_acked: Callable[[list[str], int], None] | None = None):
         self.sink, self.link = sink, link
         self.batch, self.wait, self.on_written = batch, wait, on_written
+        self.on_acked = on_acked
         self.written = 0  # rows of event pages written (this writer's)
         self.errors = 0  # documents the archive refused
         self.last_error = ""
@@ -356,6 +360,9 @@ class JetStreamWriter:
                 self._write_batch(docs)
                 self.link.call(_ack(messages))
                 self._publish_archived()
+                if self.on_acked is not None:
+                    self.on_acked([name for (name, _), _ in docs],
+                                  messages[-1].metadata.sequence.stream)
                 return
             except Exception as exc:  # noqa: BLE001
                 if not _unreachable(exc) and not isinstance(exc, TimeoutError | nats.errors.Error):
@@ -490,7 +497,9 @@ class SharedRunSink:
     others change nothing) and its own stop. The run's stop is written once every shard that
     started it has stopped, with the number of events of all of them; until then the shards
     still open and the stops received are kept in the run's metadata (``shards_open``,
-    ``shard_stops``), so a writer restarted in between goes on where it was.
+    ``shard_stops``), so a writer restarted in between goes on where it was. A shard whose
+    start comes after the run's stop was written opens the run again (its ``stop`` is null
+    until that shard has stopped too), so that the run is not compacted while it is written.
     """
 
     def __init__(self, sink):
@@ -513,15 +522,18 @@ class SharedRunSink:
         md = run.metadata
         shards = set(md.get("shards_open", []))
         stops = dict(md.get("shard_stops", {}))
+        update = {}
         if opened:
             if shard in shards or str(shard) in stops:
                 return False  # the same start again (a writer restarted)
             shards.add(shard)
+            if md.get("stop") is not None:
+                update["stop"] = None  # a shard that comes late: the run is open again
         else:
             shards.discard(shard)
             stops[str(shard)] = stop
-        run.update_metadata(metadata={"shards_open": sorted(shards), "shard_stops": stops},
-                            drop_revision=True)
+        run.update_metadata(metadata={**update, "shards_open": sorted(shards),
+                                      "shard_stops": stops}, drop_revision=True)
         return not shards
 
     def _merged(self, uid: str, last: dict) -> dict:

@@ -17,6 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+import pandas as pd
 import pytest
 import yaml
 from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
@@ -408,4 +409,74 @@ def test_the_days_and_runs_buckets_expire_and_old_buckets_are_given_the_expiry(d
     finally:
         link.call(link.js.delete_stream(f"KV_{other.days_bucket}"))
         link.close()
+
+
+# -- closed day runs of a sharded SQLite archive move into Parquet ---------------------------------
+def test_a_sharded_day_run_is_compacted_once_every_shard_stopped_and_reads_the_same(
+        deployment, tmp_path):
+    import event_model
+    from test_compact import sources, sql_rows
+
+    from catalog.tiled_internals import PARQUET, SQL_TABLE
+
+    names = ["gauge-a", "gauge-b"]  # one on each shard
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "serve": {"port": 0}, "shards": 2,
+        "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{"name": n, "type": "generic", "attributes": ["p"], "source": "sim"}
+                    for n in names],
+    }))
+    run = event_model.compose_run(metadata={"day": "2001-11-06"})
+    shards = []
+    for i, name in enumerate(names):
+        desc = run.compose_descriptor(name=name, data_keys={
+            "p": {"source": "sim", "dtype": "number", "shape": []}})
+        pages = [desc.compose_event_page(data={"p": [10.0 * i + j]},
+                                         timestamps={"p": [1e9 + j + i / 2]}, seq_num=[j + 1],
+                                         time=[1e9 + j]) for j in range(5)]
+        stop = {"uid": f"stop-{i}", "run_start": run.start_doc["uid"], "time": 1e9 + 9,
+                "exit_status": "success", "reason": "", "num_events": {name: 5}}
+        shards.append([("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                       *(("event_page", p) for p in pages), ("stop", stop)])
+
+    host = ArchiveHost(config, api_key=API_KEY, compact_grace=0)
+    host.start()
+    link = NatsLink(Bus(NATS_URL, deployment))
+    publishers = [DocumentPublisher(link, shard=i) for i in range(2)]
+    try:
+        for i, docs in enumerate(shards):  # both open the run (at their midnights) ...
+            publishers[i](*docs[0])
+            assert publishers[i].flush(30)
+        for i, docs in enumerate(shards):  # ... shard 0 stops it, shard 1 not yet
+            for name, doc in docs[1:-1] if i else docs[1:]:
+                publishers[i](name, doc)
+            assert publishers[i].flush(30)
+        assert host.writer.join(60)
+        assert host.compacting is not None and host.compacting.started
+        archive = Archive.from_uri(host.url, api_key=API_KEY)
+        before = {n: archive.day(n, "2001-11-06") for n in names}
+        assert sources(tmp_path) == {SQL_TABLE: 2}  # the run is open: its rows stay
+
+        publishers[1](*shards[1][-1])  # the last shard stops: the run's stop is written
+        assert publishers[1].flush(30)
+        _wait(lambda: sources(tmp_path) == {PARQUET: 2} and sql_rows(tmp_path) == 0, 30,
+              "the run's tables in Parquet, their rows deleted")
+        (stored,) = archive.catalog.values()
+        assert stored.metadata["stop"]["num_events"] == {n: 5 for n in names}
+        for n in names:
+            assert len(before[n]) == 5
+            pd.testing.assert_frame_equal(archive.day(n, "2001-11-06"), before[n], obj=n)
+        assert _rows(archive, stored) == {n: [1, 2, 3, 4, 5] for n in names}
+
+        late = DocumentPublisher(link, shard=2)  # a shard whose start comes after the stop
+        publishers.append(late)
+        late(*shards[0][0])
+        assert late.flush(30) and host.writer.join(60)
+        stored = archive.catalog[run.start_doc["uid"]]
+        assert stored.metadata["stop"] is None and stored.metadata["shards_open"] == [2]
+    finally:
+        for publisher in publishers:
+            publisher.close(10)
+        link.close()
+        host.close()
 

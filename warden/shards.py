@@ -48,6 +48,7 @@ from pathlib import Path
 from bluesky import RunEngine
 
 from catalog.backends import open_backend
+from catalog.compact import Compactor, CompactorThread
 from catalog.jetstream import (
     Bus,
     DocumentPublisher,
@@ -203,19 +204,42 @@ class _NoPlugins:
         return []
 
 
+class CompactAfterStops:
+    """The archive writer's ``on_acked``: wakes a :class:`catalog.compact.CompactorThread`
+    once the messages the stream held at start (a writer before may have written them
+    without acknowledging them: they come again) are acknowledged, then whenever a batch
+    with a stop is. A run's stop comes after everything of the run in the stream, so once it
+    is acknowledged nothing comes to the run again (a shard whose start comes later opens the
+    run again: :class:`catalog.jetstream.SharedRunSink`), and its tables can move."""
+
+    def __init__(self, compacting: CompactorThread, replayed_until: int):
+        self.compacting, self.replayed_until = compacting, replayed_until
+        if replayed_until == 0:  # nothing to write again
+            compacting.wake()
+
+    def __call__(self, names: list[str], seq: int) -> None:
+        if seq >= self.replayed_until and (not self.compacting.started or "stop" in names):
+            self.compacting.wake()
+
+
 class ArchiveHost:
     """The Tiled server (archive and shared ``latest``) and, unless ``serve_only``, the
-    archive writer consuming the deployment's stream."""
+    archive writer consuming the deployment's stream, which compacts the closed runs of a
+    SQLite archive (:mod:`catalog.compact`; ``compact_grace``: seconds between a table's
+    switch to Parquet and deleting its rows, None: no compaction)."""
 
     def __init__(self, config: WardenConfig, api_key: str | None = None, public: bool = False,
-                 port: int | None = None, serve_only: bool = False):
+                 port: int | None = None, serve_only: bool = False,
+                 compact_grace: float | None = 60.0):
         if config.nats is None:
             raise ConfigError("nats: the archive host needs nats: {url: nats://host:4222}")
         self.config, self.public, self.serve_only = config, public, serve_only
         self.api_key = api_key or api_key_from_env()
         self.port = config.serve.port if port is None else port
+        self.compact_grace = compact_grace
         self.stop_event = threading.Event()
         self.backend = self.link = self.server = self.latest = self.writer = None
+        self.compacting: CompactorThread | None = None
         self.url = ""
 
     def start(self) -> str:
@@ -234,8 +258,19 @@ class ArchiveHost:
         self.url = self.server.start()
         if not self.serve_only:
             sink = SharedRunSink(self.backend.sink(self.url, self.api_key))
-            self.writer = JetStreamWriter(sink, self.link)
+            self.writer = JetStreamWriter(sink, self.link, on_acked=self._compaction())
         return self.url
+
+    def _compaction(self) -> CompactAfterStops | None:
+        """Start compacting, if the archive is compacted (SQLite) and ``compact_grace`` set."""
+        compactor = (None if self.compact_grace is None
+                     else Compactor.for_uri(self.config.archive, grace=self.compact_grace))
+        if compactor is None:
+            return None
+        self.compacting = CompactorThread(compactor)
+        info = self.link.call(self.link.js.stream_info(self.link.bus.stream))
+        return CompactAfterStops(self.compacting,
+                                 info.state.last_seq if info.state.messages else 0)
 
     def run(self) -> None:
         self.stop_event.wait()
@@ -246,6 +281,8 @@ class ArchiveHost:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.compacting is not None:
+            self.compacting.close()
         if self.latest is not None:
             self.latest.close()
         if self.server is not None:
