@@ -480,3 +480,57 @@ def test_a_sharded_day_run_is_compacted_once_every_shard_stopped_and_reads_the_s
         link.close()
         host.close()
 
+
+# -- warden run with shards: K restarts a shard that dies ------------------------------------------
+def test_a_shard_that_keeps_ending_is_started_again_later_and_later():
+    from warden.shards import RestartPolicy
+
+    policy = RestartPolicy(first=1.0, most=60.0, healthy=60.0)
+    delays, previous = [], None
+    for _ in range(8):  # ends at once, again and again: no spinning
+        previous = policy.delay(0.5, previous)
+        delays.append(previous)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert policy.delay(3600, previous) == 1  # it ran a while: the next end is a new story
+
+
+def test_local_shards_start_a_killed_shard_again_and_lose_or_double_nothing(
+        deployment, tmp_path, monkeypatch):
+    from warden.shards import LocalShards, RestartPolicy
+
+    monkeypatch.setenv("WARDEN_API_KEY", API_KEY)
+    path = tmp_path / "warden.yaml"
+    path.write_text(yaml.safe_dump({  # one shard: each start of a shard costs seconds of CPU
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "timezone": "America/New_York",
+        "serve": {"port": 0}, "shards": 1, "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{**o, "source": "sim"} for o in OBJECTS[:3]],
+    }))
+    names = [o["name"] for o in OBJECTS[:3]]
+    local = LocalShards(parse_config(path.read_text()), path,
+                        restarts=RestartPolicy(first=0.1), compact_grace=None)
+    archive = Archive.from_uri(local.start(), api_key=API_KEY)
+    try:
+        def rows_in(runs: int) -> bool:
+            found = list(archive.catalog.values())
+            return len(found) == runs and all(
+                n in r and len(r[n].base["internal"].read()) >= 2 for r in found for n in names)
+
+        _wait(lambda: rows_in(1), 120, "rows of every object")
+        first = local.children[0]
+        first.send_signal(signal.SIGKILL)
+        _wait(lambda: rows_in(2), 120, "rows of every object in the next generation")
+        assert local.restarts == 1 and local.children[0] is not first
+        local.stop_shards()
+
+        runs = sorted(archive.catalog.values(), key=lambda r: r.metadata["start"]["time"])
+        assert len({r.metadata["start"]["day"] for r in runs}) == 1  # two runs of one day
+        killed, again = runs
+        assert not killed.metadata.get("stop")  # (no shard is left to stop it)
+        assert again.metadata["stop"] and again.metadata["shards_open"] == []
+        for run in runs:
+            for stream, seq in _rows(archive, run).items():  # nothing lost, nothing doubled
+                assert seq == list(range(1, len(seq) + 1)), stream
+        for stream, seq in _rows(archive, again).items():
+            assert len(seq) == again.metadata["stop"]["num_events"][stream], stream
+    finally:
+        local.close()

@@ -40,9 +40,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bluesky import RunEngine
@@ -293,23 +295,83 @@ class ArchiveHost:
             self.backend.close()
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When :class:`LocalShards` starts a shard again that ended: after ``first`` seconds,
+    doubled for each end in a row that came less than ``healthy`` seconds after its start, at
+    most ``most`` seconds (a shard that cannot start is tried again once a minute, never
+    given up)."""
+
+    first: float = 1.0
+    most: float = 60.0
+    healthy: float = 60.0
+
+    def delay(self, ran: float, previous: float | None) -> float:
+        """Seconds to wait before the next start of a shard that ran ``ran`` seconds; the
+        delay before its last start was ``previous`` (None: it had not been restarted)."""
+        if previous is None or ran >= self.healthy:
+            return self.first
+        return min(max(previous * 2, self.first), self.most)
+
+
 class LocalShards:
     """``warden run`` with ``shards: K``: the archive host in this process, the K shards as
-    child processes (``warden run CONFIG --shard i/K``)."""
+    child processes (``warden run CONFIG --shard i/K``).
+
+    A shard that ends unasked (killed, crashed, stopped by hand) is started again after a
+    delay (:class:`RestartPolicy`: 1 s, doubled for each end in a row within a minute of its
+    start, at most a minute), each time logged as an error with its exit code; it is never
+    given up: the other shards and the archive go on, and a shard that could not start
+    (NATS away, a bad config file) comes back once the cause is fixed. The shard started
+    again opens the next generation of the day run (:func:`catalog.jetstream.open_generation`).
+    ``clock``: monotonic seconds, for the time a shard ran; ``compact_grace``: the archive
+    host's (:class:`ArchiveHost`).
+    """
 
     def __init__(self, config: WardenConfig, config_path: str | Path, public: bool = False,
-                 port: int | None = None):
+                 port: int | None = None, restarts: RestartPolicy = RestartPolicy(),
+                 clock: Callable[[], float] = time.monotonic,
+                 compact_grace: float | None = 60.0):
         self.config, self.config_path = config, str(config_path)
-        self.host = ArchiveHost(config, public=public, port=port)
+        self.host = ArchiveHost(config, public=public, port=port, compact_grace=compact_grace)
+        self.policy, self.clock = restarts, clock
         self.children: list[subprocess.Popen] = []
+        self.restarts = 0  # shards started again
+        self._closing = threading.Event()
+        self._life = threading.Lock()  # a shard starts, or the deployment closes: not both
+        self._watchers: list[threading.Thread] = []
 
     def start(self) -> str:
         url = self.host.start()
         for i in range(self.config.shards):
-            self.children.append(subprocess.Popen(
-                [sys.executable, "-m", "warden", "run", self.config_path,
-                 "--shard", f"{i}/{self.config.shards}"]))
+            self.children.append(self._spawn(i))
+            self._watchers.append(threading.Thread(target=self._watch, args=(i,),
+                                                   name=f"shard-{i}-watch", daemon=True))
+            self._watchers[-1].start()
         return url
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "warden", "run", self.config_path,
+                                 "--shard", f"{i}/{self.config.shards}"])
+
+    def _watch(self, i: int) -> None:
+        """Start shard ``i`` again whenever it ends, until the deployment closes."""
+        delay = None
+        while True:
+            started = self.clock()
+            code = self.children[i].wait()
+            if self._closing.is_set():
+                return
+            delay = self.policy.delay(self.clock() - started, delay)
+            log.error("shard %d/%d ended (exit code %s); starting it again in %.1f s",
+                      i, self.config.shards, code, delay)
+            if self._closing.wait(delay):
+                return
+            with self._life:
+                if self._closing.is_set():
+                    return
+                self.children[i] = self._spawn(i)
+                self.restarts += 1
 
     def run(self) -> None:
         self.host.run()
@@ -317,8 +379,11 @@ class LocalShards:
     def stop(self) -> None:
         self.host.stop()
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Stop the shards (their runs get their stops), write what they sent, stop."""
+    def stop_shards(self, timeout: float = 60.0) -> None:
+        """Stop the shards for good (their runs get their stops) and write what they sent;
+        the server goes on serving the archive."""
+        with self._life:
+            self._closing.set()
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
@@ -328,6 +393,12 @@ class LocalShards:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        for watcher in self._watchers:
+            watcher.join(timeout)
         if self.host.writer is not None and not self.host.writer.join(timeout):
             log.warning("the archive writer did not catch up; the rest stays in JetStream")
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the shards, write what they sent, stop."""
+        self.stop_shards(timeout)
         self.host.close()
