@@ -21,8 +21,9 @@ without an expiry (by an earlier version) is given it; one whose expiry an opera
 left as it is.
 
 :class:`DocumentPublisher` publishes in order, each message with a ``Nats-Msg-Id`` made from
-the document's own uid, and publishes a batch again until JetStream acknowledges it: a
-message published twice within the stream's duplicate window is stored once.
+its shard and the document's own uid, and publishes a batch again until JetStream
+acknowledges it: a message published twice within the stream's duplicate window is stored
+once.
 :class:`JetStreamWriter` fetches batches, writes them through the sink and acknowledges a
 batch only once it is written and committed. A writer killed before its acknowledgement
 leaves the batch in the stream; the next writer makes the consumer again

@@ -13,7 +13,8 @@ With ``shards: K`` and ``nats: {url}`` in the config, the warden runs as
   more Tiled servers (``warden archive CONFIG --serve-only``) read the same archive and bucket.
 
 ``warden run CONFIG`` with ``shards: K`` runs all of it on one host: the archive host in its
-own process and the K shards as child processes.
+own process and the K shards as child processes, each started again when it ends unasked
+(:class:`LocalShards`, :class:`RestartPolicy`).
 
 **One day run.** Each shard's plan opens its own run at its own midnight. The shard renames
 it before publishing (:class:`SharedDayRuns`): the run's uid is derived from the deployment,
@@ -30,7 +31,9 @@ Each shard's ``connection`` stream is named ``connection-shard<i>`` (two shards'
 share one stream, for the same reason). Exchanges and plugins run on shard 0; the ASCII day
 file is not written by shards (``warden export-ascii`` makes it from the archive). The run's
 stop is written once every shard that opened the run has stopped
-(:class:`catalog.jetstream.SharedRunSink`). Closed runs are not compacted into Parquet here.
+(:class:`catalog.jetstream.SharedRunSink`); a run a shard opened and never stopped (killed)
+stays open. The archive host's writer compacts the closed runs of a SQLite archive into
+Parquet as the one-process writer does (:mod:`catalog.compact`, :class:`CompactAfterStops`).
 """
 
 from __future__ import annotations
