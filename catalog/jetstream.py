@@ -13,9 +13,17 @@ Everything of one deployment is named after it (``name``, default ``warden``):
   drops what is acknowledged, so a writer started again learns from it the streams of the
   event pages it gets (:meth:`JetStreamWriter._recover`).
 
+The days and runs buckets gain keys every day (a key per shard, a start and a descriptor per
+stream), so their keys expire ``KV_EXPIRY`` (30 days) after they were put: longer than a
+writer can be away and still find the descriptors of what waits for it in the stream, and
+than a day during which a restarted shard must find the generations it opened. A bucket made
+without an expiry (by an earlier version) is given it; one whose expiry an operator set is
+left as it is.
+
 :class:`DocumentPublisher` publishes in order, each message with a ``Nats-Msg-Id`` made from
-the document's own uid, and publishes a batch again until JetStream acknowledges it: a
-message published twice within the stream's duplicate window is stored once.
+its shard and the document's own uid, and publishes a batch again until JetStream
+acknowledges it: a message published twice within the stream's duplicate window is stored
+once.
 :class:`JetStreamWriter` fetches batches, writes them through the sink and acknowledges a
 batch only once it is written and committed. A writer killed before its acknowledgement
 leaves the batch in the stream; the next writer makes the consumer again
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import math
 import threading
@@ -58,6 +67,7 @@ from .spool import decode, encode
 
 log = logging.getLogger(__name__)
 DUPLICATE_WINDOW = 600.0  # s: a message published again within this is stored once
+KV_EXPIRY = 30 * 86400.0  # s: the days and runs buckets drop a key this long after its put
 SHARD_HEADER = "Warden-Shard"
 
 
@@ -90,6 +100,10 @@ class Bus:
     @property
     def runs_bucket(self) -> str:
         return f"{self.name}-runs"
+
+    def expiry(self, bucket: str) -> float | None:
+        """Seconds a key of ``bucket`` is kept after its put (None: until it is replaced)."""
+        return KV_EXPIRY if bucket in (self.days_bucket, self.runs_bucket) else None
 
 
 class NatsLink:
@@ -133,16 +147,30 @@ class NatsLink:
         self.call(ensure())
 
     def bucket(self, name: str):
-        """The key-value bucket ``name``, created if missing."""
+        """The key-value bucket ``name``, created if missing, with its expiry
+        (:meth:`Bus.expiry`); a bucket there without an expiry is given it."""
+        ttl = self.bus.expiry(name)
 
         async def get():
             try:
-                return await self.js.key_value(name)
+                kv = await self.js.key_value(name)
             except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFound
-                return await self.js.create_key_value(bucket=name, history=1,
+                return await self.js.create_key_value(bucket=name, history=1, ttl=ttl,
                                                       storage=StorageType.FILE)
+            if ttl is not None:
+                await self._expire(name, ttl)
+            return kv
 
         return self.call(get())
+
+    async def _expire(self, bucket: str, ttl: float) -> None:
+        """Give the bucket's stream ``max_age`` ``ttl`` if it has none (made without one)."""
+        info = await self.js.stream_info(f"KV_{bucket}")
+        if info.config.max_age:
+            return  # (its own, or one an operator set)
+        await self.js.update_stream(dataclasses.replace(info.config, max_age=ttl))
+        log.info("NATS: keys of the bucket %s now expire %.0f days after their put", bucket,
+                 ttl / 86400)
 
     def close(self) -> None:
         """Flush what is published and disconnect."""
@@ -169,11 +197,13 @@ class NatsLink:
             self.loop.close()
 
 
-def message_id(name: str, doc: dict) -> str:
-    """The ``Nats-Msg-Id`` of a document: the same for the same document, published again."""
+def message_id(name: str, doc: dict, shard: int = 0) -> str:
+    """The ``Nats-Msg-Id`` of a document of ``shard``: the same for the same document,
+    published again. Every shard publishes the day run's start with the same uid: each is a
+    document of its own (:class:`SharedRunSink` counts the shards by their starts)."""
     if name == "event_page":
-        return f"event_page:{doc['uid'][0]}"
-    return f"{name}:{doc['uid']}"
+        return f"{shard}:event_page:{doc['uid'][0]}"
+    return f"{shard}:{name}:{doc['uid']}"
 
 
 class DocumentPublisher:
@@ -186,7 +216,7 @@ class DocumentPublisher:
 
     def __init__(self, link: NatsLink, shard: int, batch: int = 500, timeout: float = 5.0):
         self.link = link
-        self.subject = link.bus.subject(shard)
+        self.shard, self.subject = shard, link.bus.subject(shard)
         self.headers = {SHARD_HEADER: str(shard)}
         self.batch, self.timeout = batch, timeout
         self.published = 0  # documents acknowledged by JetStream
@@ -199,7 +229,7 @@ class DocumentPublisher:
 
     def __call__(self, name: str, doc: dict) -> None:
         kept = doc["uid"] if name in ("start", "descriptor") else None
-        item = (message_id(name, doc), encode(name, doc), kept)
+        item = (message_id(name, doc, self.shard), encode(name, doc), kept)
         with self._done:
             self._given += 1
         self.link.loop.call_soon_threadsafe(self._queue.put_nowait, item)
@@ -255,13 +285,17 @@ class JetStreamWriter:
     Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first), gives them to
     the sink in stream order, commits, and acknowledges the batch. While the archive cannot
     be reached the batch is written again after a pause, unacknowledged. ``on_written(name, doc,
-    shard)`` hears every document written.
+    shard)`` hears every document written; ``on_acked(names, seq)`` every batch acknowledged:
+    the names of its documents and the stream sequence of its last message (nothing up to it
+    comes to a writer again).
     """
 
     def __init__(self, sink: Callable[[str, dict], None], link: NatsLink, batch: int = 1000,
-                 wait: float = 0.5, on_written: Callable[[str, dict, int], None] | None = None):
+                 wait: float = 0.5, on_written: Callable[[str, dict, int], None] | None = None,
+                 on_acked: Callable[[list[str], int], None] | None = None):
         self.sink, self.link = sink, link
         self.batch, self.wait, self.on_written = batch, wait, on_written
+        self.on_acked = on_acked
         self.written = 0  # rows of event pages written (this writer's)
         self.errors = 0  # documents the archive refused
         self.last_error = ""
@@ -327,6 +361,9 @@ class JetStreamWriter:
                 self._write_batch(docs)
                 self.link.call(_ack(messages))
                 self._publish_archived()
+                if self.on_acked is not None:
+                    self.on_acked([name for (name, _), _ in docs],
+                                  messages[-1].metadata.sequence.stream)
                 return
             except Exception as exc:  # noqa: BLE001
                 if not _unreachable(exc) and not isinstance(exc, TimeoutError | nats.errors.Error):
@@ -464,7 +501,9 @@ class SharedRunSink:
     others change nothing) and its own stop. The run's stop is written once every shard that
     started it has stopped, with the number of events of all of them; until then the shards
     still open and the stops received are kept in the run's metadata (``shards_open``,
-    ``shard_stops``), so a writer restarted in between goes on where it was.
+    ``shard_stops``), so a writer restarted in between goes on where it was. A shard whose
+    start comes after the run's stop was written opens the run again (its ``stop`` is null
+    until that shard has stopped too), so that the run is not compacted while it is written.
     """
 
     def __init__(self, sink):
@@ -487,15 +526,18 @@ class SharedRunSink:
         md = run.metadata
         shards = set(md.get("shards_open", []))
         stops = dict(md.get("shard_stops", {}))
+        update = {}
         if opened:
             if shard in shards or str(shard) in stops:
                 return False  # the same start again (a writer restarted)
             shards.add(shard)
+            if md.get("stop") is not None:
+                update["stop"] = None  # a shard that comes late: the run is open again
         else:
             shards.discard(shard)
             stops[str(shard)] = stop
-        run.update_metadata(metadata={"shards_open": sorted(shards), "shard_stops": stops},
-                            drop_revision=True)
+        run.update_metadata(metadata={**update, "shards_open": sorted(shards),
+                                      "shard_stops": stops}, drop_revision=True)
         return not shards
 
     def _merged(self, uid: str, last: dict) -> dict:

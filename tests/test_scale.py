@@ -17,6 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+import pandas as pd
 import pytest
 import yaml
 from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
@@ -143,6 +144,10 @@ def test_a_document_published_twice_is_stored_once(deployment):
         assert publisher.close(30)
         info = link.call(link.js.stream_info(link.bus.stream))
         assert info.state.messages == 1
+        other = DocumentPublisher(link, shard=1)  # another shard's start of the same day run:
+        other("start", dict(doc))  # a document of its own (the writer counts the shards)
+        assert other.close(30)
+        assert link.call(link.js.stream_info(link.bus.stream)).state.messages == 2
     finally:
         link.close()
 
@@ -362,3 +367,170 @@ def test_two_shards_one_day_run_latest_for_all_writer_killed_loses_and_doubles_n
                 _stop(proc, timeout=60)
             for log in logs.values():
                 log.close()
+
+
+# -- the buckets that grow by the day expire -------------------------------------------------------
+def test_the_days_and_runs_buckets_expire_and_old_buckets_are_given_the_expiry(deployment):
+    from catalog.jetstream import KV_EXPIRY
+
+    bus = Bus(NATS_URL, deployment)
+
+    async def made_before(bucket: str, ttl: float | None) -> None:  # (an earlier version)
+        import nats
+
+        nc = await nats.connect(NATS_URL)
+        kv = await nc.jetstream().create_key_value(bucket=bucket, history=1, ttl=ttl)
+        await kv.put("kept", b"1")
+        await nc.close()
+
+    asyncio.run(made_before(bus.runs_bucket, None))  # without an expiry
+    link = NatsLink(bus)
+    try:
+        def max_age(bucket: str) -> float:
+            return link.call(link.js.stream_info(f"KV_{bucket}")).config.max_age
+
+        runs = link.bucket(bus.runs_bucket)
+        assert max_age(bus.runs_bucket) == KV_EXPIRY >= 7 * 86400  # given the expiry ...
+        assert link.call(runs.get("kept")).value == b"1"  # ... its keys kept
+        link.bucket(bus.days_bucket)
+        link.bucket(bus.latest_bucket)
+        assert max_age(bus.days_bucket) == KV_EXPIRY  # a new bucket made with it
+        assert not max_age(bus.latest_bucket)  # one key per object: never expires
+    finally:
+        link.close()
+
+    other = Bus(NATS_URL, deployment + "x")  # an expiry an operator set is left as it is
+    asyncio.run(made_before(other.days_bucket, 90 * 86400.0))
+    link = NatsLink(other)
+    try:
+        link.bucket(other.days_bucket)
+        info = link.call(link.js.stream_info(f"KV_{other.days_bucket}"))
+        assert info.config.max_age == 90 * 86400.0
+    finally:
+        link.call(link.js.delete_stream(f"KV_{other.days_bucket}"))
+        link.close()
+
+
+# -- closed day runs of a sharded SQLite archive move into Parquet ---------------------------------
+def test_a_sharded_day_run_is_compacted_once_every_shard_stopped_and_reads_the_same(
+        deployment, tmp_path):
+    import event_model
+    from test_compact import sources, sql_rows
+
+    from catalog.tiled_internals import PARQUET, SQL_TABLE
+
+    names = ["gauge-a", "gauge-b"]  # one on each shard
+    config = parse_config(yaml.safe_dump({
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "serve": {"port": 0}, "shards": 2,
+        "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{"name": n, "type": "generic", "attributes": ["p"], "source": "sim"}
+                    for n in names],
+    }))
+    run = event_model.compose_run(metadata={"day": "2001-11-06"})
+    shards = []
+    for i, name in enumerate(names):
+        desc = run.compose_descriptor(name=name, data_keys={
+            "p": {"source": "sim", "dtype": "number", "shape": []}})
+        pages = [desc.compose_event_page(data={"p": [10.0 * i + j]},
+                                         timestamps={"p": [1e9 + j + i / 2]}, seq_num=[j + 1],
+                                         time=[1e9 + j]) for j in range(5)]
+        stop = {"uid": f"stop-{i}", "run_start": run.start_doc["uid"], "time": 1e9 + 9,
+                "exit_status": "success", "reason": "", "num_events": {name: 5}}
+        shards.append([("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                       *(("event_page", p) for p in pages), ("stop", stop)])
+
+    host = ArchiveHost(config, api_key=API_KEY, compact_grace=0)
+    host.start()
+    link = NatsLink(Bus(NATS_URL, deployment))
+    publishers = [DocumentPublisher(link, shard=i) for i in range(2)]
+    try:
+        for i, docs in enumerate(shards):  # both open the run (at their midnights) ...
+            publishers[i](*docs[0])
+            assert publishers[i].flush(30)
+        for i, docs in enumerate(shards):  # ... shard 0 stops it, shard 1 not yet
+            for name, doc in docs[1:-1] if i else docs[1:]:
+                publishers[i](name, doc)
+            assert publishers[i].flush(30)
+        assert host.writer.join(60)
+        assert host.compacting is not None and host.compacting.started
+        archive = Archive.from_uri(host.url, api_key=API_KEY)
+        before = {n: archive.day(n, "2001-11-06") for n in names}
+        assert sources(tmp_path) == {SQL_TABLE: 2}  # the run is open: its rows stay
+
+        publishers[1](*shards[1][-1])  # the last shard stops: the run's stop is written
+        assert publishers[1].flush(30)
+        _wait(lambda: sources(tmp_path) == {PARQUET: 2} and sql_rows(tmp_path) == 0, 30,
+              "the run's tables in Parquet, their rows deleted")
+        (stored,) = archive.catalog.values()
+        assert stored.metadata["stop"]["num_events"] == {n: 5 for n in names}
+        for n in names:
+            assert len(before[n]) == 5
+            pd.testing.assert_frame_equal(archive.day(n, "2001-11-06"), before[n], obj=n)
+        assert _rows(archive, stored) == {n: [1, 2, 3, 4, 5] for n in names}
+
+        late = DocumentPublisher(link, shard=2)  # a shard whose start comes after the stop
+        publishers.append(late)
+        late(*shards[0][0])
+        assert late.flush(30) and host.writer.join(60)
+        stored = archive.catalog[run.start_doc["uid"]]
+        assert stored.metadata["stop"] is None and stored.metadata["shards_open"] == [2]
+    finally:
+        for publisher in publishers:
+            publisher.close(10)
+        link.close()
+        host.close()
+
+
+# -- warden run with shards: K restarts a shard that dies ------------------------------------------
+def test_a_shard_that_keeps_ending_is_started_again_later_and_later():
+    from warden.shards import RestartPolicy
+
+    policy = RestartPolicy(first=1.0, most=60.0, healthy=60.0)
+    delays, previous = [], None
+    for _ in range(8):  # ends at once, again and again: no spinning
+        previous = policy.delay(0.5, previous)
+        delays.append(previous)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert policy.delay(3600, previous) == 1  # it ran a while: the next end is a new story
+
+
+def test_local_shards_start_a_killed_shard_again_and_lose_or_double_nothing(
+        deployment, tmp_path, monkeypatch):
+    from warden.shards import LocalShards, RestartPolicy
+
+    monkeypatch.setenv("WARDEN_API_KEY", API_KEY)
+    path = tmp_path / "warden.yaml"
+    path.write_text(yaml.safe_dump({  # one shard: each start of a shard costs seconds of CPU
+        "archive": f"sqlite:///{tmp_path / 'archive.db'}", "timezone": "America/New_York",
+        "serve": {"port": 0}, "shards": 1, "nats": {"url": NATS_URL, "name": deployment},
+        "objects": [{**o, "source": "sim"} for o in OBJECTS[:3]],
+    }))
+    names = [o["name"] for o in OBJECTS[:3]]
+    local = LocalShards(parse_config(path.read_text()), path,
+                        restarts=RestartPolicy(first=0.1), compact_grace=None)
+    archive = Archive.from_uri(local.start(), api_key=API_KEY)
+    try:
+        def rows_in(runs: int) -> bool:
+            found = list(archive.catalog.values())
+            return len(found) == runs and all(
+                n in r and len(r[n].base["internal"].read()) >= 2 for r in found for n in names)
+
+        _wait(lambda: rows_in(1), 120, "rows of every object")
+        first = local.children[0]
+        first.send_signal(signal.SIGKILL)
+        _wait(lambda: rows_in(2), 120, "rows of every object in the next generation")
+        assert local.restarts == 1 and local.children[0] is not first
+        local.stop_shards()
+
+        runs = sorted(archive.catalog.values(), key=lambda r: r.metadata["start"]["time"])
+        assert len({r.metadata["start"]["day"] for r in runs}) == 1  # two runs of one day
+        killed, again = runs
+        assert not killed.metadata.get("stop")  # (no shard is left to stop it)
+        assert again.metadata["stop"] and again.metadata["shards_open"] == []
+        for run in runs:
+            for stream, seq in _rows(archive, run).items():  # nothing lost, nothing doubled
+                assert seq == list(range(1, len(seq) + 1)), stream
+        for stream, seq in _rows(archive, again).items():
+            assert len(seq) == again.metadata["stop"]["num_events"][stream], stream
+    finally:
+        local.close()

@@ -13,7 +13,8 @@ With ``shards: K`` and ``nats: {url}`` in the config, the warden runs as
   more Tiled servers (``warden archive CONFIG --serve-only``) read the same archive and bucket.
 
 ``warden run CONFIG`` with ``shards: K`` runs all of it on one host: the archive host in its
-own process and the K shards as child processes.
+own process and the K shards as child processes, each started again when it ends unasked
+(:class:`LocalShards`, :class:`RestartPolicy`).
 
 **One day run.** Each shard's plan opens its own run at its own midnight. The shard renames
 it before publishing (:class:`SharedDayRuns`): the run's uid is derived from the deployment,
@@ -30,7 +31,9 @@ Each shard's ``connection`` stream is named ``connection-shard<i>`` (two shards'
 share one stream, for the same reason). Exchanges and plugins run on shard 0; the ASCII day
 file is not written by shards (``warden export-ascii`` makes it from the archive). The run's
 stop is written once every shard that opened the run has stopped
-(:class:`catalog.jetstream.SharedRunSink`). Closed runs are not compacted into Parquet here.
+(:class:`catalog.jetstream.SharedRunSink`); a run a shard opened and never stopped (killed)
+stays open. The archive host's writer compacts the closed runs of a SQLite archive into
+Parquet as the one-process writer does (:mod:`catalog.compact`, :class:`CompactAfterStops`).
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bluesky import RunEngine
 
 from catalog.backends import open_backend
+from catalog.compact import Compactor, CompactorThread
 from catalog.jetstream import (
     Bus,
     DocumentPublisher,
@@ -203,19 +209,42 @@ class _NoPlugins:
         return []
 
 
+class CompactAfterStops:
+    """The archive writer's ``on_acked``: wakes a :class:`catalog.compact.CompactorThread`
+    once the messages the stream held at start (a writer before may have written them
+    without acknowledging them: they come again) are acknowledged, then whenever a batch
+    with a stop is. A run's stop comes after everything of the run in the stream, so once it
+    is acknowledged nothing comes to the run again (a shard whose start comes later opens the
+    run again: :class:`catalog.jetstream.SharedRunSink`), and its tables can move."""
+
+    def __init__(self, compacting: CompactorThread, replayed_until: int):
+        self.compacting, self.replayed_until = compacting, replayed_until
+        if replayed_until == 0:  # nothing to write again
+            compacting.wake()
+
+    def __call__(self, names: list[str], seq: int) -> None:
+        if seq >= self.replayed_until and (not self.compacting.started or "stop" in names):
+            self.compacting.wake()
+
+
 class ArchiveHost:
     """The Tiled server (archive and shared ``latest``) and, unless ``serve_only``, the
-    archive writer consuming the deployment's stream."""
+    archive writer consuming the deployment's stream, which compacts the closed runs of a
+    SQLite archive (:mod:`catalog.compact`; ``compact_grace``: seconds between a table's
+    switch to Parquet and deleting its rows, None: no compaction)."""
 
     def __init__(self, config: WardenConfig, api_key: str | None = None, public: bool = False,
-                 port: int | None = None, serve_only: bool = False):
+                 port: int | None = None, serve_only: bool = False,
+                 compact_grace: float | None = 60.0):
         if config.nats is None:
             raise ConfigError("nats: the archive host needs nats: {url: nats://host:4222}")
         self.config, self.public, self.serve_only = config, public, serve_only
         self.api_key = api_key or api_key_from_env()
         self.port = config.serve.port if port is None else port
+        self.compact_grace = compact_grace
         self.stop_event = threading.Event()
         self.backend = self.link = self.server = self.latest = self.writer = None
+        self.compacting: CompactorThread | None = None
         self.url = ""
 
     def start(self) -> str:
@@ -234,8 +263,19 @@ class ArchiveHost:
         self.url = self.server.start()
         if not self.serve_only:
             sink = SharedRunSink(self.backend.sink(self.url, self.api_key))
-            self.writer = JetStreamWriter(sink, self.link)
+            self.writer = JetStreamWriter(sink, self.link, on_acked=self._compaction())
         return self.url
+
+    def _compaction(self) -> CompactAfterStops | None:
+        """Start compacting, if the archive is compacted (SQLite) and ``compact_grace`` set."""
+        compactor = (None if self.compact_grace is None
+                     else Compactor.for_uri(self.config.archive, grace=self.compact_grace))
+        if compactor is None:
+            return None
+        self.compacting = CompactorThread(compactor)
+        info = self.link.call(self.link.js.stream_info(self.link.bus.stream))
+        return CompactAfterStops(self.compacting,
+                                 info.state.last_seq if info.state.messages else 0)
 
     def run(self) -> None:
         self.stop_event.wait()
@@ -246,6 +286,8 @@ class ArchiveHost:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.compacting is not None:
+            self.compacting.close()
         if self.latest is not None:
             self.latest.close()
         if self.server is not None:
@@ -256,23 +298,83 @@ class ArchiveHost:
             self.backend.close()
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When :class:`LocalShards` starts a shard again that ended: after ``first`` seconds,
+    doubled for each end in a row that came less than ``healthy`` seconds after its start, at
+    most ``most`` seconds (a shard that cannot start is tried again once a minute, never
+    given up)."""
+
+    first: float = 1.0
+    most: float = 60.0
+    healthy: float = 60.0
+
+    def delay(self, ran: float, previous: float | None) -> float:
+        """Seconds to wait before the next start of a shard that ran ``ran`` seconds; the
+        delay before its last start was ``previous`` (None: it had not been restarted)."""
+        if previous is None or ran >= self.healthy:
+            return self.first
+        return min(max(previous * 2, self.first), self.most)
+
+
 class LocalShards:
     """``warden run`` with ``shards: K``: the archive host in this process, the K shards as
-    child processes (``warden run CONFIG --shard i/K``)."""
+    child processes (``warden run CONFIG --shard i/K``).
+
+    A shard that ends unasked (killed, crashed, stopped by hand) is started again after a
+    delay (:class:`RestartPolicy`: 1 s, doubled for each end in a row within a minute of its
+    start, at most a minute), each time logged as an error with its exit code; it is never
+    given up: the other shards and the archive go on, and a shard that could not start
+    (NATS away, a bad config file) comes back once the cause is fixed. The shard started
+    again opens the next generation of the day run (:func:`catalog.jetstream.open_generation`).
+    ``clock``: monotonic seconds, for the time a shard ran; ``compact_grace``: the archive
+    host's (:class:`ArchiveHost`).
+    """
 
     def __init__(self, config: WardenConfig, config_path: str | Path, public: bool = False,
-                 port: int | None = None):
+                 port: int | None = None, restarts: RestartPolicy = RestartPolicy(),
+                 clock: Callable[[], float] = time.monotonic,
+                 compact_grace: float | None = 60.0):
         self.config, self.config_path = config, str(config_path)
-        self.host = ArchiveHost(config, public=public, port=port)
+        self.host = ArchiveHost(config, public=public, port=port, compact_grace=compact_grace)
+        self.policy, self.clock = restarts, clock
         self.children: list[subprocess.Popen] = []
+        self.restarts = 0  # shards started again
+        self._closing = threading.Event()
+        self._life = threading.Lock()  # a shard starts, or the deployment closes: not both
+        self._watchers: list[threading.Thread] = []
 
     def start(self) -> str:
         url = self.host.start()
         for i in range(self.config.shards):
-            self.children.append(subprocess.Popen(
-                [sys.executable, "-m", "warden", "run", self.config_path,
-                 "--shard", f"{i}/{self.config.shards}"]))
+            self.children.append(self._spawn(i))
+            self._watchers.append(threading.Thread(target=self._watch, args=(i,),
+                                                   name=f"shard-{i}-watch", daemon=True))
+            self._watchers[-1].start()
         return url
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "warden", "run", self.config_path,
+                                 "--shard", f"{i}/{self.config.shards}"])
+
+    def _watch(self, i: int) -> None:
+        """Start shard ``i`` again whenever it ends, until the deployment closes."""
+        delay = None
+        while True:
+            started = self.clock()
+            code = self.children[i].wait()
+            if self._closing.is_set():
+                return
+            delay = self.policy.delay(self.clock() - started, delay)
+            log.error("shard %d/%d ended (exit code %s); starting it again in %.1f s",
+                      i, self.config.shards, code, delay)
+            if self._closing.wait(delay):
+                return
+            with self._life:
+                if self._closing.is_set():
+                    return
+                self.children[i] = self._spawn(i)
+                self.restarts += 1
 
     def run(self) -> None:
         self.host.run()
@@ -280,8 +382,11 @@ class LocalShards:
     def stop(self) -> None:
         self.host.stop()
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Stop the shards (their runs get their stops), write what they sent, stop."""
+    def stop_shards(self, timeout: float = 60.0) -> None:
+        """Stop the shards for good (their runs get their stops) and write what they sent;
+        the server goes on serving the archive."""
+        with self._life:
+            self._closing.set()
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
@@ -291,6 +396,12 @@ class LocalShards:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        for watcher in self._watchers:
+            watcher.join(timeout)
         if self.host.writer is not None and not self.host.writer.join(timeout):
             log.warning("the archive writer did not catch up; the rest stays in JetStream")
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the shards, write what they sent, stop."""
+        self.stop_shards(timeout)
         self.host.close()
