@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             jobs.append((name, [*passed, *extra]))
     # the full set runs one figure at a time; --quick (a check of shape and losses, not of
-    # speed) runs the ingest children beside the others to stay within two minutes
-    lanes = ([[j for j in jobs if j[0] == "ingest"], [j for j in jobs if j[0] != "ingest"]]
+    # speed) runs the ingest and shards children beside the others to stay within two minutes
+    beside = ("ingest", "shards")
+    lanes = ([[j for j in jobs if j[0] in beside], [j for j in jobs if j[0] not in beside]]
              if args.quick else [jobs])
     lock = threading.Lock()
 
