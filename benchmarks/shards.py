@@ -160,15 +160,23 @@ def run_single(n: int, m: int, rate: float, window: float, warmup: float, lead: 
     stats = ProcessStats(children_of(run.service))
     driver = run.drive(rate, window, warmup=warmup)
     proc = stats.report()
-    cpu = proc["cpu_s"] - sum(proc["cpu_s_by_thread"].get(t, 0.0) for t in BENCH_THREADS) + sum(
-        proc[f"{c}_process"]["cpu_s"] for c in ("server", "writer") if f"{c}_process" in proc)
+    bench = sum(proc["cpu_s_by_thread"].get(t, 0.0) for t in BENCH_THREADS)
     fin = run.finish(drain)
+    total = stats.report()
     audit = audit_archive(workdir / "archive.db", workdir / "archive.tables.db", m,
                           run.latest.since, driver.t_end, midnight)
+    cpu = {"window": _service_cpu(proc) - bench,
+           "until_drained": _service_cpu(total) - bench * total["wall_s"] / proc["wall_s"]}
     out = _side(run.latest, driver.summary(), driver.t_start, driver.t_end, warmup, cpu,
                 proc["wall_s"], audit, midnight, streams_s)
     run.close(fin["drained"])
     return {**out, **fin, "process": proc}
+
+
+def _service_cpu(report: dict) -> float:
+    """CPU seconds of the service's process and its server and writer processes."""
+    return report["cpu_s"] + sum(report[f"{c}_process"]["cpu_s"] for c in ("server", "writer")
+                                 if f"{c}_process" in report)
 
 
 # -- the shards ------------------------------------------------------------------------------
@@ -208,13 +216,14 @@ def run_sharded(n: int, m: int, rate: float, window: float, warmup: float, lead:
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         nats0 = nats_server_cpu()
         drives = _each(children, "drive", rate, window, True)
-        cpu, wall = cpu_seconds(pids) - cpu0, time.perf_counter() - wall0
+        cpu_window, wall = cpu_seconds(pids) - cpu0, time.perf_counter() - wall0
         nats1 = nats_server_cpu()
         t_drain = time.perf_counter()
         stops = _each(children, "stop", timeout=drain)
         drained = host.ask("join", max(1.0, drain - (time.perf_counter() - t_drain)),
                            timeout=drain + 60)
         drain_s = time.perf_counter() - t_drain
+        cpu = {"window": cpu_window, "until_drained": cpu_seconds(pids) - cpu0}
         writer = host.ask("writer")
         time.sleep(1.0)  # the last archived times on their way to the watcher
         t_start = min(d["t_start"] for d in drives)
@@ -239,7 +248,7 @@ def run_sharded(n: int, m: int, rate: float, window: float, warmup: float, lead:
     return {**out, "drained": drained, "drain_s": round(drain_s, 2), "writer": writer,
             "published": [s["published"] for s in stops],
             "publish_retries": [s["retries"] for s in stops],
-            "process": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "process": {"wall_s": round(wall, 2), "cpu_s": round(cpu_window, 2),
                         "nats_server_cpu_s": (None if nats0 is None or nats1 is None
                                               else round(nats1 - nats0, 2))}}
 
@@ -498,13 +507,14 @@ def _remove(name: str) -> None:
 
 
 # -- the figures of a side -------------------------------------------------------------------
-def _side(probe, driver: dict, t_start: float, t_end: float, warmup: float, cpu_s: float,
-          wall_s: float, audit: dict, midnight: float, streams_s: float) -> dict[str, Any]:
+def _side(probe, driver: dict, t_start: float, t_end: float, warmup: float,
+          cpu: dict[str, float], wall_s: float, audit: dict, midnight: float,
+          streams_s: float) -> dict[str, Any]:
+    """A side's figures; ``cpu``: CPU seconds of its processes in the window and from the
+    window's start until drained."""
     from .ingest import sustained_rate
 
     sustained = sustained_rate(probe.timeline, t_start + warmup, t_end)
-    written = sustained_rate(probe.timeline, t_start, t_end)
-    written = None if written is None else written * (t_end - t_start)
     return {
         **driver,
         "archived": audit["values"],
@@ -516,9 +526,11 @@ def _side(probe, driver: dict, t_start: float, t_end: float, warmup: float, cpu_
         "freshness_warmup": probe.fresh_warm.summary(),
         "persistence_lag": probe.persist.summary(),
         "persistence_lag_warmup": probe.persist_warm.summary(),
-        "cpu_s": round(cpu_s, 2),
-        "cores_used": round(cpu_s / max(wall_s, 1e-9), 2),
-        "values_per_cpu_s": None if not written or not cpu_s else round(written / cpu_s, 1),
+        "cpu_s": round(cpu["window"], 2),
+        "cores_used": round(cpu["window"] / max(wall_s, 1e-9), 2),
+        "cpu_s_until_drained": round(cpu["until_drained"], 2),
+        "values_per_cpu_s": (round(audit["values"] / cpu["until_drained"], 1)
+                             if cpu["until_drained"] > 0 else None),
         "stream_creation_s": round(streams_s, 2),
         "midnight": {**midnight_lag(probe, midnight), **audit["midnight"]},
     }
