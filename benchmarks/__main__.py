@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-FIGURES = ["ingest", "latest", "day", "retrieval", "memory", "storage", "ca"]
+FIGURES = ["ingest", "latest", "day", "retrieval", "memory", "storage", "ca", "shards"]
 EXTRA = ["load"]  # by name only: the reliability load run (10 minutes at full size)
 ALIASES = {"day-read": "day", "day_read": "day", "real-ca": "ca", "realca": "ca"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, help="day, retrieval: rows in the day (default 864000)")
     p.add_argument("--ca-objects", type=int, help="ca: synthetic IOC objects")
     p.add_argument("--ca-duration", type=float, help="ca: seconds per side")
+    p.add_argument("--shard-sizes", type=lambda s: [int(x) for x in s.split(",")],
+                   help="shards: comma-separated N (default 1000,10000; quick 50)")
+    p.add_argument("--shard-duration", type=float, help="shards: window seconds per side")
+    p.add_argument("--midnight-lead", type=float,
+                   help="shards: clock seconds from the window's start to midnight")
     p.add_argument("--load-duration", type=float, help="load: seconds of ingest under clients")
     p.add_argument("--load-objects", type=int, help="load: objects (default 1000; quick 100)")
     p.add_argument("--load-rate", type=float,
@@ -74,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             jobs.append((name, [*passed, *extra]))
     # the full set runs one figure at a time; --quick (a check of shape and losses, not of
-    # speed) runs the ingest children beside the others to stay within two minutes
-    lanes = ([[j for j in jobs if j[0] == "ingest"], [j for j in jobs if j[0] != "ingest"]]
+    # speed) runs the ingest and shards children beside the others to stay within two minutes
+    beside = ("ingest", "shards")
+    lanes = ([[j for j in jobs if j[0] in beside], [j for j in jobs if j[0] not in beside]]
              if args.quick else [jobs])
     lock = threading.Lock()
 
@@ -122,7 +128,8 @@ def _passthrough(argv: list[str]) -> list[str]:
     out, skip = [], False
     takes_value = {"--results-dir", "--sizes", "--duration", "--naive-duration", "--values",
                    "--objects", "--rows", "--ca-objects", "--ca-duration", "--load-duration",
-                   "--load-objects", "--load-rate"}
+                   "--load-objects", "--load-rate", "--shard-sizes", "--shard-duration",
+                   "--midnight-lead"}
     for a in argv:
         if skip:
             out.append(a)
@@ -166,6 +173,11 @@ def _child(name: str, args) -> int:
         from .retrieval import figure_retrieval
 
         figure_retrieval(args.quick, rows=args.rows)
+    elif name == "shards":
+        from .shards import figure_shards
+
+        figure_shards(args.quick, sizes=args.shard_sizes, duration=args.shard_duration,
+                      lead=args.midnight_lead)
     elif name == "day":
         from .dayread import figure_day
 

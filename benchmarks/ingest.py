@@ -22,6 +22,7 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,18 @@ class Driver(threading.Thread):
     One upstream timestamp per object per round (its attributes share it, as an IOC record
     group would). Values are noise-like float64, as a digitized reading is (what compresses
     least on disk). Without ``rate`` it runs flat out. Stops after ``duration`` seconds or
-    ``max_values`` puts, at an object boundary, or when :meth:`halt` is called.
+    ``max_values`` puts, at an object boundary, or when :meth:`halt` is called. Upstream
+    times come from ``now`` (a :class:`~plans.clock.Clock`'s ``time`` to cross a midnight);
+    with ``record``, every object's times are kept in ``stamps``, round by round, in the
+    order of ``devices``.
     """
 
     def __init__(self, devices, m: int, rate: float | None, duration: float,
-                 max_values: int | None = None):
+                 max_values: int | None = None, now: Callable[[], float] = time.time,
+                 record: bool = False):
         super().__init__(name="driver", daemon=True)
+        self.now = now
+        self.stamps: list[float] | None = [] if record else None
         self.groups = [[getattr(d, a) for a in attributes(m)] for d in devices]
         self.m = m
         self.rate = rate
@@ -94,7 +101,8 @@ class Driver(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        self.t_start = t0 = time.time()
+        clock, stamps = self.now, self.stamps
+        self.t_start = t0 = clock()
         deadline = t0 + self.duration
         gauss = random.Random(0).gauss
         r = 0
@@ -102,24 +110,26 @@ class Driver(threading.Thread):
             for sigs in self.groups:
                 if self._halt.is_set():
                     break
-                t = time.time()
+                t = clock()
                 for k, sig in enumerate(sigs):  # a reading: a level and its noise, every
                     sig.sim_put(100.0 * k + gauss(0.0, 0.01), timestamp=t)  # bit of it
                 self.offered += self.m
+                if stamps is not None:
+                    stamps.append(t)
             r += 1
             self.rounds = r
-            now = time.time()
+            now = clock()
             if now >= deadline or self.offered >= self.max_values:
                 break
             if self.rate:
                 due = t0 + r / self.rate
                 if due > now:
                     self._halt.wait(min(due, deadline) - now)
-                    if time.time() >= deadline:
+                    if clock() >= deadline:
                         break
                 else:
                     self.late_rounds += 1
-        self.t_end = time.time()
+        self.t_end = clock()
         self.cpu_s = time.thread_time()
 
     def summary(self) -> dict[str, Any]:
@@ -145,6 +155,7 @@ class _Matcher:
 
     def __init__(self, n: int, t0: float):
         self._t0 = t0  # times are kept as t - t0 (see STRIDE)
+        self.origin = t0
         self._rows = (np.empty(0, np.int64), np.empty(0))
         self._recs = (np.empty(0, np.int64), np.empty(0), np.empty(0))
         self._newest_row = np.full(n, -math.inf)
@@ -174,6 +185,10 @@ class _Matcher:
         self._recs = (p_obj[keep], p_at[keep], p_new[keep])
         return matched
 
+    def pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows not matched yet: (object, upstream time - ``origin``)."""
+        return self._rows
+
 
 class LatencyProbe:
     """Times every update of the service's objects to ``latest`` and to the archive.
@@ -187,13 +202,19 @@ class LatencyProbe:
     of an object within one read count as the later, at most ``POLL`` late). The hooks,
     which run on the service's threads, only append; a thread of the benchmark's own
     matches them in bulk every ``SETTLE_PERIOD`` seconds (:meth:`settle`).
+
+    Upstream times are clock times (``origin``: a clock time before any of them); the hooks'
+    wall times are moved onto that clock by ``offset`` (clock minus wall time, 0 unless the
+    service runs on an offset :class:`~plans.clock.Clock`). ``persist_by_second`` keeps the
+    largest persistence lag of the rows stamped in each clock second.
     """
 
     SETTLE_PERIOD = 1.0  # s
     POLL = 0.05  # s: how often the writer's archived times are read
 
-    def __init__(self, objects: list[str], m: int):
+    def __init__(self, objects: list[str], m: int, origin: float | None = None):
         self.m = m
+        self.offset = 0.0  # s: clock time minus wall time
         self.key = f"a{m - 1}"  # the last attribute put: its row is complete
         self.since = math.inf  # count only rows stamped at or after the driver's start
         self.warm_until = math.inf  # rows stamped before this are warm-up
@@ -204,9 +225,10 @@ class LatencyProbe:
         self.values_seen = 0
         self.values_written = 0
         self.timeline: list[tuple[float, int]] = []  # (wall time, values written)
+        self.persist_by_second: dict[int, float] = {}
         self._index = {name: k for k, name in enumerate(objects)}
         self._streams: dict[str, int] = {}  # descriptor uid -> object index
-        t0 = time.time() - 1e4
+        t0 = (time.time() if origin is None else origin) - 1e4
         self._fresh = _Matcher(len(objects), t0)
         self._archived = _Matcher(len(objects), t0)
         # what the hooks append (under _lock), taken in bulk by settle():
@@ -242,7 +264,7 @@ class LatencyProbe:
                 objects.append(self._index[obj])
                 newest.append(value["timestamp"])
         with self._lock:
-            self._new_pubs.append((now, objects, newest))
+            self._new_pubs.append((now + self.offset, objects, newest))
 
     def read_archived(self) -> None:
         """Take the archived times the writer recorded since the last read."""
@@ -251,7 +273,8 @@ class LatencyProbe:
         records = self._shared.archived(self._read_upto)
         if records:
             self._read_upto = max(at for _, _, at in records)
-            known = [(self._index[o], t, at) for o, t, at in records if o in self._index]
+            known = [(self._index[o], t, at + self.offset) for o, t, at in records
+                     if o in self._index]
             with self._lock:
                 self._new_archived.append(([k for k, _, _ in known], [at for _, _, at in known],
                                            [t for _, t, _ in known]))
@@ -308,6 +331,12 @@ class LatencyProbe:
         self.read_archived()
         self.settle()
 
+    def unarchived(self) -> np.ndarray:
+        """Upstream times of the counted rows not matched to an archived time (yet)."""
+        obj, ts = self._archived.pending()
+        ts = ts + self._archived.origin
+        return ts[ts >= self.since]
+
     def _count(self, hist: LatencyHistogram, warm_hist: LatencyHistogram,
                when: np.ndarray, ts: np.ndarray) -> None:
         """Add the latencies of the values stamped since ``since``, warm-up apart."""
@@ -323,6 +352,16 @@ class LatencyProbe:
         order = np.argsort(when, kind="stable")
         when, ts = when[order], ts[order]
         self._count(self.persist, self.persist_warm, when, ts)
+        counted = ts >= self.since
+        if counted.any():  # the largest lag of each second's rows
+            secs = np.floor(ts[counted]).astype(np.int64)
+            lags = when[counted] - ts[counted]
+            by = np.argsort(secs, kind="stable")
+            secs, lags = secs[by], lags[by]
+            starts = np.flatnonzero(np.diff(secs, prepend=secs[0] - 1))
+            for sec, lag in zip(secs[starts].tolist(),
+                                np.maximum.reduceat(lags, starts).tolist(), strict=True):
+                self.persist_by_second[sec] = max(lag, self.persist_by_second.get(sec, 0.0))
         # the timeline: values written by the end of every wall second
         total = self.values_written + self.m * np.cumsum(ts >= self.since)
         last = np.flatnonzero(np.diff(np.floor(when), append=math.inf))
@@ -333,7 +372,7 @@ class LatencyProbe:
 def instrument_latest(service, m: int) -> LatencyProbe:
     """A probe of ``service``'s latency (before it starts; :meth:`LatencyProbe.listen` once
     it has)."""
-    probe = LatencyProbe(service.latest.objects, m)
+    probe = LatencyProbe(service.latest.objects, m, origin=service.clock.time())
     service.callbacks.append(probe)
     return probe
 
@@ -358,13 +397,14 @@ def warden_config(workdir: Path, n: int, m: int, flush_interval: float = 0.5):
 class WardenRun:
     """The real service with ``n`` generic sim objects, a latency probe, our driver."""
 
-    def __init__(self, workdir: Path, n: int, m: int, flush_interval: float = 0.5):
+    def __init__(self, workdir: Path, n: int, m: int, flush_interval: float = 0.5,
+                 clock=None):
         from warden.service import WardenService
 
         self.workdir, self.n, self.m = workdir, n, m
         t0 = time.perf_counter()
         self.service = WardenService(warden_config(workdir, n, m, flush_interval),
-                                     api_key=API_KEY, port=0)
+                                     api_key=API_KEY, port=0, clock=clock)
         self.service.sim = None  # our driver replaces the machine model
         self.service.compact_grace = None  # the figures count rows in the tables file;
         # storage compacts the closed run itself, once they are counted
@@ -419,8 +459,10 @@ class WardenRun:
               warmup: float = 0.0, count: bool = True) -> Driver:
         """Drive the devices; the figures count the values stamped from now on (none if not
         ``count``: the hooks may settle before the next drive moves ``since``)."""
-        driver = Driver(self.service.devices, self.m, rate, duration, max_values)
-        now = time.time() if count else math.inf
+        clock = self.service.clock
+        driver = Driver(self.service.devices, self.m, rate, duration, max_values,
+                        now=clock.time)
+        now = clock.time() if count else math.inf
         self.latest.since = now
         self.latest.warm_until = now + warmup
         driver.start()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = {"ingest", "latest", "day_read", "retrieval", "memory", "storage", "real_ca"}
+FIGURES = {"ingest", "latest", "day_read", "retrieval", "memory", "storage", "real_ca",
+           "shards"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,11 @@ def test_quick_run_loses_nothing(quick_run):
     assert ca["warden"]["values_in_window"] > 0
     assert ca["ceiling_pyepics"]["values_in_window"] > 0
     assert ca["warden"]["drained"] is True
+    shards = by_name["shards"]
+    for side in (shards["single"], shards["sharded"]):  # both across midnight
+        assert side["offered"] > 0 and side["drained"] is True
+        assert side["lost"] == 0 and side["doubled_rows"] == 0
+        assert sum(side["midnight"]["rows_after_by_day"].values()) > 0
 
 
 def test_freshness_is_timed_to_the_first_publication_at_least_as_new():
@@ -141,6 +147,7 @@ def test_persistence_is_timed_to_the_first_archived_time_at_least_as_new():
     rng = random.Random(2)
     unarchived = {"a": [], "b": []}
     expected = []
+    worst = {}  # the largest lag of the rows of each second
     for step in range(1500):
         t = 2e9 + step * 0.01
         last = step == 1499
@@ -153,6 +160,8 @@ def test_persistence_is_timed_to_the_first_archived_time_at_least_as_new():
             if unarchived[obj] and (last or rng.random() < 0.3):  # a batch committed
                 shared.rows[obj] = (unarchived[obj][-1], at)
                 expected += [round((at - ts) * 1000 - 0.5) for ts in unarchived[obj]]
+                for ts in unarchived[obj]:
+                    worst[int(ts)] = max(at - ts, worst.get(int(ts), 0.0))
                 unarchived[obj] = []
         probe.read_archived()  # (one read per batch: no two records of an object in one)
         if step % 89 == 0:
@@ -162,3 +171,5 @@ def test_persistence_is_timed_to_the_first_archived_time_at_least_as_new():
     assert len(expected) > 1000 and int(counts.sum()) == len(expected)
     assert np.repeat(np.arange(len(counts)), counts).tolist() == sorted(expected)
     assert probe.values_written == len(expected)
+    assert probe.persist_by_second == pytest.approx(worst)
+    assert len(probe.unarchived()) == 0
