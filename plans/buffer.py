@@ -118,7 +118,7 @@ class ObjectBuffer:
         self.updates = 0  # values received since start
         self.rows_made = 0  # rows made since start (what ``latest`` counts)
         self.first_row: float | None = None  # upstream time of the first of them
-        self.cutoff = math.inf  # the plan sets it to midnight for a closing day's last flush
+        self.cutoff = math.inf  # the plan sets it to the midnight that ends its run
         self.hold = HOLD  # seconds the newest row waits for the rest of its timestamp
         self._sig_connected: dict[Any, bool] = {}
         self._last_add = 0.0
@@ -227,7 +227,7 @@ class ObjectBuffer:
         }
 
     def collect_pages(self) -> Iterator[dict]:
-        """Drain the rows stamped before ``cutoff`` (all rows, unless the day is closing)."""
+        """Drain the rows stamped before ``cutoff`` (the end of the day's run)."""
         with self._lock:
             keep = [r for r in self._rows if r[0] >= self.cutoff]
             rows = [r for r in self._rows if r[0] < self.cutoff] if keep else self._rows

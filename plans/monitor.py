@@ -115,6 +115,7 @@ def monitor_day(
     def inner():
         declared: set[str] = set()
         for buf in buffers:
+            buf.cutoff = midnight  # a row stamped after it waits for tomorrow's run
             connections.record(buf.name, buf.connected, force=True)
         next_flush = clock.time() + flush_interval
         while not stop.is_set():
