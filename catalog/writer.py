@@ -105,7 +105,8 @@ class TiledRunSink(DocumentRouter):
         starts = {d["uid"]: d for n, d in docs if n == "start" and d["uid"] not in self._runs}
         described: dict[str, list[dict]] = {}
         for name, doc in docs:
-            if name == "descriptor" and doc["uid"] not in self._streams | self._ready:
+            if (name == "descriptor" and doc["uid"] not in self._streams
+                    and doc["uid"] not in self._ready):
                 described.setdefault(doc["run_start"], []).append(doc)
         for uid in [*starts, *(u for u in described if u not in starts)]:
             start = starts.get(uid) or self._starts.get(uid)
