@@ -38,6 +38,7 @@ RUN_SPECS = [{"name": "BlueskyRun", "version": "3.0"}]
 STREAM_SPECS = [{"name": "BlueskyEventStream", "version": "3.0"},
                 {"name": "composite", "version": None}]
 PREPARE_AHEAD = 600.0  # s before midnight (by the documents' times) to prepare tomorrow's run
+PREPARE_CHUNK = 500  # streams of tomorrow's run created per batch written
 
 
 def prepared_key(day: str) -> str:
@@ -56,16 +57,17 @@ class TiledRunSink(DocumentRouter):
     With ``direct`` (a SQL archive), :meth:`prepare` creates the runs and streams of a batch
     in one transaction before the batch is written, and, once the documents reach ``ahead``
     seconds before the current day's midnight, the next day's run with every stream of this
-    one, under :func:`prepared_key` (its start holds no ``day``: no query by day finds it).
-    The next day's first run takes it over.
+    one (``chunk`` streams a batch), under :func:`prepared_key` (its start holds no ``day``:
+    no query by day finds it). The next day's first run takes it over.
     """
 
     def __init__(self, root, direct: DirectTables | None = None,
-                 ahead: float = PREPARE_AHEAD):
+                 ahead: float = PREPARE_AHEAD, chunk: int = PREPARE_CHUNK):
         super().__init__()
         self.root = root
         self.direct = direct  # append table rows straight into the SQL storage
-        self.ahead = ahead
+        self.ahead, self.chunk = ahead, chunk
+        self._preparing: tuple[str, str, list[dict]] | None = None  # day, zone, streams left
         self.prepared_days: list[str] = []  # days prepared ahead by this sink
         self._runs: dict[str, Any] = {}  # by start uid: its node, or None until needed
         self._fresh: set[str] = set()  # runs this sink made and nothing failed since
@@ -123,30 +125,36 @@ class TiledRunSink(DocumentRouter):
 
     def _prepare_tomorrow(self) -> None:
         """Create tomorrow's run with the streams of today's runs, once the documents are
-        within ``ahead`` seconds of midnight (one transaction, once a day)."""
+        within ``ahead`` seconds of midnight: ``chunk`` streams a transaction, one chunk a
+        batch, so the writer never stops long for it."""
         days = [(s["day"], s.get("timezone", "UTC")) for s in self._starts.values()
                 if "day" in s]
         if not days:
             return
         day, zone = max(days)
-        tomorrow = dt.date.fromisoformat(day) + dt.timedelta(days=1)
-        midnight = dt.datetime.combine(tomorrow, dt.time(0), ZoneInfo(zone)).timestamp()
-        if tomorrow.isoformat() in self.prepared_days or not (
-                midnight - self.ahead <= self._newest < midnight):
-            return
-        streams = {}
-        for uid, start in self._starts.items():
-            if start.get("day") == day:
-                streams.update(self._described.get(uid, {}))
-        key = prepared_key(tomorrow.isoformat())
+        tomorrow = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+        if self._preparing is None or self._preparing[0] != tomorrow:
+            midnight = dt.datetime.combine(dt.date.fromisoformat(tomorrow), dt.time(0),
+                                           ZoneInfo(zone)).timestamp()
+            if tomorrow in self.prepared_days or not (
+                    midnight - self.ahead <= self._newest < midnight):
+                return
+            streams: dict[str, dict] = {}
+            for uid, start in self._starts.items():
+                if start.get("day") == day:
+                    streams.update(self._described.get(uid, {}))
+            self._preparing = (tomorrow, zone, list(streams.values()))
+        _, zone, left = self._preparing
+        key = prepared_key(tomorrow)
         placeholder = {"uid": key, "time": time.time(), "plan_name": "prepared",
-                       "prepared": tomorrow.isoformat(), "timezone": zone}
-        t0 = time.perf_counter()
-        self.direct.create_streams(key, {"start": placeholder}, RUN_SPECS, [
-            new_stream(d, prepared=tomorrow.isoformat()) for d in streams.values()])
-        self.prepared_days.append(tomorrow.isoformat())
-        log.info("prepared %s's run with %d streams in %.1f s", tomorrow, len(streams),
-                 time.perf_counter() - t0)
+                       "prepared": tomorrow, "timezone": zone}
+        chunk, left[:] = left[:self.chunk], left[self.chunk:]
+        self.direct.create_streams(key, {"start": placeholder}, RUN_SPECS,
+                                   [new_stream(d, prepared=tomorrow) for d in chunk])
+        if not left:
+            self._preparing = None
+            self.prepared_days.append(tomorrow)
+            log.info("prepared the run of %s", tomorrow)
 
     def _run(self, uid: str):
         """The run's node (looked up the first time it is needed)."""

@@ -75,7 +75,7 @@ def tiled(archive):  # noqa: F811
         context.http_client.event_hooks["request"].append(
             lambda request: requests.append(f"{request.method} {request.url.path}"))
         client = from_context(context)
-        sink = TiledRunSink(client, DirectTables(archive), ahead=600.0)
+        sink = TiledRunSink(client, DirectTables(archive), ahead=600.0, chunk=5)
         try:
             yield sink, client, requests
         finally:
@@ -106,8 +106,9 @@ def test_a_start_creates_its_streams_in_one_go_and_tomorrow_is_ready_before_midn
     assert sorted(run) == sorted(OBJECTS)
     assert prepared_key("2001-11-07") not in list(client)  # an hour before: not yet
 
-    write(sink, nov6.pages(midnight(nov7.day) - 300))  # five minutes before midnight
-    assert sink.prepared_days == ["2001-11-07"]
+    for k in range(3):  # five minutes before midnight: 12 streams, 5 a batch
+        write(sink, nov6.pages(midnight(nov7.day) - 300 + k))
+        assert sink.prepared_days == ([] if k < 2 else ["2001-11-07"])
     prepared = client[prepared_key("2001-11-07")]  # (found by its start's uid)
     assert sorted(prepared) == sorted(OBJECTS)
     assert prepared["bo00-wcm"].metadata["prepared"] == "2001-11-07"
@@ -134,7 +135,7 @@ def test_a_start_creates_its_streams_in_one_go_and_tomorrow_is_ready_before_midn
     assert run["bo07-wcm"].base["bunches"].read()[:, 0].tolist() == [1.0, 2.0, 3.0]
     days = {r.start["day"]: r for r in client.values()}
     assert sorted(days) == ["2001-11-06", "2001-11-07"]
-    assert len(days["2001-11-06"]["bo07-wcm"].base["internal"].read()) == 9
+    assert len(days["2001-11-06"]["bo07-wcm"].base["internal"].read()) == 15
 
 
 def test_written_again_after_a_crash_the_prepared_streams_hold_each_row_once(tiled):
