@@ -397,7 +397,8 @@ def _archive_host(config: dict, conn) -> None:
     from warden.shards import ArchiveHost
 
     try:
-        host = ArchiveHost(WardenConfig.model_validate(config), api_key=API_KEY, port=0)
+        host = ArchiveHost(WardenConfig.model_validate(config), api_key=API_KEY, port=0,
+                           compact_grace=None)  # (rows are counted in the tables file)
         host.start()
     except Exception as err:  # noqa: BLE001
         conn.send(("error", f"the archive host did not start: {type(err).__name__}: {err}"))
