@@ -20,7 +20,8 @@ than a day during which a restarted shard must find the generations it opened. A
 without an expiry (by an earlier version) is given it; one whose expiry an operator set is
 left as it is.
 
-:class:`DocumentPublisher` publishes in order, each message with a ``Nats-Msg-Id`` made from
+:class:`DocumentPublisher` publishes in order (an event page over the server's largest
+message as pages of its rows), each message with a ``Nats-Msg-Id`` made from
 its shard and the document's own uid, and publishes a batch again until JetStream
 acknowledges it: a message published twice within the stream's duplicate window is stored
 once.
@@ -224,12 +225,22 @@ class DocumentPublisher:
         self._given = 0
         self._done = threading.Condition()
         self._runs = link.bucket(link.bus.runs_bucket)  # starts and descriptors, by uid
+        self.max_payload = link.nc.max_payload - 4096  # bytes of a message (headers aside)
         self._queue: asyncio.Queue = link.call(_make_queue())
         self._task = link.submit(self._pump())
 
     def __call__(self, name: str, doc: dict) -> None:
         kept = doc["uid"] if name in ("start", "descriptor") else None
-        item = (message_id(name, doc, self.shard), encode(name, doc), kept)
+        payload = encode(name, doc)
+        if len(payload) > self.max_payload and name == "event_page" and len(doc["uid"]) > 1:
+            for part in split_page(doc):  # rows in order, each part its own message
+                self(name, part)
+            return
+        if len(payload) > self.max_payload:
+            log.error("NATS: a %s document of %d bytes is over the server's limit of %d; "
+                      "raise max_payload in nats-server.conf", name, len(payload),
+                      self.max_payload)
+        item = (message_id(name, doc, self.shard), payload, kept)
         with self._done:
             self._given += 1
         self.link.loop.call_soon_threadsafe(self._queue.put_nowait, item)
@@ -273,6 +284,22 @@ class DocumentPublisher:
         flushed = self.flush(timeout)
         self._task.cancel()
         return flushed
+
+
+def split_page(page: dict) -> list[dict]:
+    """An event page as two pages of its first and last rows."""
+    half = len(page["uid"]) // 2
+
+    def rows(part: slice) -> dict:
+        out = {**page, "uid": page["uid"][part], "seq_num": page["seq_num"][part],
+               "time": page["time"][part],
+               "data": {k: v[part] for k, v in page["data"].items()},
+               "timestamps": {k: v[part] for k, v in page["timestamps"].items()}}
+        if "filled" in page:
+            out["filled"] = {k: v[part] for k, v in page["filled"].items()}
+        return out
+
+    return [rows(slice(None, half)), rows(slice(half, None))]
 
 
 async def _make_queue() -> asyncio.Queue:

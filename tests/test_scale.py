@@ -24,6 +24,7 @@ from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
 
 from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
 from catalog.query import Archive
+from catalog.spool import decode
 from warden.cli import main
 from warden.config import parse_config
 from warden.shards import ArchiveHost, Shard, SharedDayRuns, shard_config, shard_of
@@ -148,6 +149,32 @@ def test_a_document_published_twice_is_stored_once(deployment):
         other("start", dict(doc))  # a document of its own (the writer counts the shards)
         assert other.close(30)
         assert link.call(link.js.stream_info(link.bus.stream)).state.messages == 2
+    finally:
+        link.close()
+
+
+def test_a_page_over_the_server_s_largest_message_goes_as_pages_of_its_rows(deployment):
+    import event_model
+
+    link = NatsLink(Bus(NATS_URL, deployment))
+    try:
+        link.ensure_stream()
+        publisher = DocumentPublisher(link, shard=0)
+        stream = event_model.compose_run().compose_descriptor(
+            name="connection-shard0", data_keys={"object": {"dtype": "string", "shape": [],
+                                                            "source": "warden"}})
+        n = 3 * link.nc.max_payload // 200  # rows of about 200 bytes: three times the limit
+        names = [f"object-{i:06d}-" + "x" * 150 for i in range(n)]
+        page = stream.compose_event_page(data={"object": names},
+                                         timestamps={"object": [1.0] * n},
+                                         seq_num=list(range(1, n + 1)), time=[1.0] * n)
+        publisher("event_page", page)
+        assert publisher.close(30)
+        sub = link.call(link.js.pull_subscribe(link.bus.subject(">"), stream=link.bus.stream))
+        got = [decode(m.data)[1] for m in link.call(sub.fetch(100, timeout=5))]
+        assert len(got) >= 4
+        assert [s for p in got for s in p["seq_num"]] == list(range(1, n + 1))
+        assert [o for p in got for o in p["data"]["object"]] == names
     finally:
         link.close()
 
