@@ -490,21 +490,13 @@ def nats_server_cpu() -> float | None:
 
 
 def _remove(name: str) -> None:
-    import asyncio
+    from catalog.jetstream import Bus, NatsLink
 
-    import nats
-
-    async def remove() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        for stream in (f"{name}-docs", *(f"KV_{name}-{b}" for b in ("latest", "days", "runs"))):
-            try:
-                await js.delete_stream(stream)
-            except Exception:  # noqa: BLE001 - not made
-                pass
-        await nc.close()
-
-    asyncio.run(remove())
+    link = NatsLink(Bus(NATS_URL, name))
+    try:
+        link.remove()
+    finally:
+        link.close()
 
 
 # -- the figures of a side -------------------------------------------------------------------

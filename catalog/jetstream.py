@@ -173,6 +173,21 @@ class NatsLink:
         log.info("NATS: keys of the bucket %s now expire %.0f days after their put", bucket,
                  ttl / 86400)
 
+    def remove(self) -> None:
+        """Delete the deployment's document stream and buckets (those that exist)."""
+        bus = self.bus
+        names = [bus.stream, *(f"KV_{b}" for b in (bus.latest_bucket, bus.days_bucket,
+                                                    bus.runs_bucket))]
+
+        async def remove() -> None:
+            for name in names:
+                try:
+                    await self.js.delete_stream(name)
+                except NotFoundError:
+                    pass
+
+        self.call(remove())
+
     def close(self) -> None:
         """Flush what is published and disconnect."""
         try:
@@ -541,7 +556,7 @@ class SharedRunSink:
             self.sink(name, doc)
             self._update(doc["uid"], shard, opened=True)
         elif name == "stop":
-            self.sink.flush()
+            self.sink.commit()  # (the rows before the run's metadata changes)
             if self._update(doc["run_start"], shard, opened=False, stop=doc):
                 self.sink("stop", self._merged(doc["run_start"], doc))
         else:

@@ -79,16 +79,20 @@ class TiledRunSink(DocumentRouter):
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if name != "event_page":
-            self.flush()  # rows appended so far land before the run's nodes change
+            self.commit()  # rows appended so far land before the run's nodes change
         return super().__call__(name, doc, validate)
 
     def flush(self) -> None:
-        """Commit the rows appended straight into the tables (the writer calls it at the end
-        of each batch; every other write to the archive calls it first); then prepare
-        tomorrow's run if it is time."""
+        """End of a batch (the writer calls it): commit the rows appended straight into the
+        tables, then prepare tomorrow's run if it is time."""
+        if self.direct is not None:
+            self.commit()
+            self._prepare_tomorrow()
+
+    def commit(self) -> None:
+        """Commit the rows appended so far (every other write to the archive comes after)."""
         if self.direct is not None:
             self.direct.commit()
-            self._prepare_tomorrow()
 
     def close(self) -> None:
         """Close the direct connection to the tables (an SQLite file must not stay open in

@@ -97,20 +97,11 @@ def deployment(nats_server):
     """A deployment name of the test's own; its stream and buckets are removed afterwards."""
     name = f"wt{secrets.token_hex(4)}"
     yield name
-
-    async def remove() -> None:
-        import nats
-
-        nc = await nats.connect(nats_server)
-        js = nc.jetstream()
-        for stream in (f"{name}-docs", *(f"KV_{name}-{b}" for b in ("latest", "days", "runs"))):
-            try:
-                await js.delete_stream(stream)
-            except Exception:  # noqa: BLE001 - not made
-                pass
-        await nc.close()
-
-    asyncio.run(remove())
+    link = NatsLink(Bus(nats_server, name))
+    try:
+        link.remove()
+    finally:
+        link.close()
 
 
 def test_a_restarted_shard_opens_the_next_generation_and_shards_meet_in_it(deployment):
