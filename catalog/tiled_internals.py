@@ -343,7 +343,7 @@ def _dataset_ids(uri: ArchiveURI, tables, plans, n: int) -> list[int]:
 
 async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans, ids,
                              take_over) -> dict[str, TableLocation]:
-    from sqlalchemy import select, update
+    from sqlalchemy import bindparam, select, update
     from tiled.catalog import orm
     from tiled.structures.core import StructureFamily
     from tiled.structures.data_source import Management
@@ -368,21 +368,23 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
         await conn.execute(nodes.insert(), [
             {"key": key, "parent": run, "structure_family": StructureFamily.container,
              "metadata": plans[key][0].metadata, "specs": plans[key][0].specs} for key in new])
+        made = set(new)
         have.update({key: (node, None) for node, key in (await conn.execute(
-            select(nodes.c.id, nodes.c.key).where(nodes.c.parent == run,
-                                                  nodes.c.key.in_(new))))})
+            select(nodes.c.id, nodes.c.key).where(nodes.c.parent == run))) if key in made})
+    prepared = [key for key in plans if key not in new
+                and isinstance(have[key][1], dict) and "prepared" in have[key][1]]
+    if prepared:
+        await conn.execute(update(nodes).where(nodes.c.id == bindparam("b_node")).values(
+            metadata=bindparam("b_metadata")),
+            [{"b_node": have[key][0], "b_metadata": plans[key][0].metadata}
+             for key in prepared])
     tables_for, locations = list(new), {}
-    for key in plans:
-        node, md = have[key]
-        if key in new or not isinstance(md, dict) or "prepared" not in md:
-            continue
-        await conn.execute(update(nodes).where(nodes.c.id == node).values(
-            metadata=plans[key][0].metadata))
-        table = await _child_id(conn, node, "internal")
-        source = None if table is None else await _table_source(conn, table)
-        if source is not None and source[0] == _structure_id(plans[key][1]):
-            locations[key] = TableLocation(source[1]["table_name"],
-                                           int(source[1]["dataset_id"]))
+    made = await _run_tables(conn, run)  # stream node -> (table node, structure, parameters)
+    for key in prepared:
+        table, structure_id, parameters = made.get(have[key][0], (None, None, None))
+        if structure_id == _structure_id(plans[key][1]):
+            locations[key] = TableLocation(parameters["table_name"],
+                                           int(parameters["dataset_id"]))
             continue
         if table is not None:
             await _delete_leaf(conn, table)
@@ -393,27 +395,48 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
                  "structure_family": StructureFamily.table,
                  "metadata": plans[key][0].table_metadata, "specs": []} for key in tables_for]
         await conn.execute(nodes.insert(), rows)
-        table_nodes = dict((await conn.execute(
-            select(nodes.c.parent, nodes.c.id).where(
-                nodes.c.parent.in_([have[key][0] for key in tables_for]),
-                nodes.c.key == "internal"))).all())
+        table_nodes = {stream: table for stream, (table, _, _) in
+                       (await _run_tables(conn, run)).items()}
         insert = _insert_for(conn)
         await conn.execute(insert(orm.Structure.__table__).on_conflict_do_nothing(
             index_elements=["id"]), [{"id": _structure_id(plans[key][1]),
                                      "structure": plans[key][1]} for key in tables_for])
-        asset = await _storage_asset(conn, uri)
-        sources = orm.DataSource.__table__
+        sources = []
         for key in tables_for:
             stream, structure, name = plans[key]
             where = locations[key] = TableLocation(name, next(ids))
-            source = (await conn.execute(sources.insert().returning(sources.c.id).values(
-                node_id=table_nodes[have[key][0]], structure_id=_structure_id(structure),
-                mimetype=SQL_TABLE, management=Management.writable,
-                structure_family=StructureFamily.table, properties={},
-                parameters={"table_name": name, "dataset_id": where.dataset_id}))).scalar_one()
-            await conn.execute(orm.DataSourceAssetAssociation.__table__.insert().values(
-                data_source_id=source, asset_id=asset, parameter="data_uri", num=None))
+            sources.append({
+                "node_id": table_nodes[have[key][0]], "structure_id": _structure_id(structure),
+                "mimetype": SQL_TABLE, "management": Management.writable,
+                "structure_family": StructureFamily.table, "properties": {},
+                "parameters": {"table_name": name, "dataset_id": where.dataset_id}})
+        await conn.execute(orm.DataSource.__table__.insert(), sources)
+        source_of = {table: source for table, source in (await conn.execute(
+            select(orm.DataSource.__table__.c.node_id, orm.DataSource.__table__.c.id).where(
+                orm.DataSource.__table__.c.node_id.in_(
+                    select(nodes.c.id).where(nodes.c.parent.in_(
+                        select(nodes.c.id).where(nodes.c.parent == run)))))))}
+        asset = await _storage_asset(conn, uri)
+        await conn.execute(orm.DataSourceAssetAssociation.__table__.insert(), [
+            {"data_source_id": source_of[table_nodes[have[key][0]]], "asset_id": asset,
+             "parameter": "data_uri", "num": None} for key in tables_for])
     return locations
+
+
+async def _run_tables(conn, run: int) -> dict[int, tuple[int, str | None, dict | None]]:
+    """The ``internal`` table of every stream of the run node ``run``: stream node ->
+    (table node, its data source's structure id and parameters, None if it has none)."""
+    from sqlalchemy import select
+    from tiled.catalog import orm
+
+    nodes, sources = orm.Node.__table__, orm.DataSource.__table__
+    rows = await conn.execute(
+        select(nodes.c.parent, nodes.c.id, sources.c.structure_id, sources.c.parameters)
+        .select_from(nodes.outerjoin(sources, sources.c.node_id == nodes.c.id))
+        .where(nodes.c.key == "internal",
+               nodes.c.parent.in_(select(nodes.c.id).where(nodes.c.parent == run))))
+    return {stream: (table, structure, parameters)
+            for stream, table, structure, parameters in rows}
 
 
 async def _child_id(conn, parent: int, key: str) -> int | None:
@@ -439,17 +462,6 @@ async def _delete_leaf(conn, node: int) -> None:
     await conn.execute(delete(sources).where(sources.c.node_id == node))
     await conn.execute(delete(closure).where(closure.c.descendant == node))
     await conn.execute(delete(orm.Node.__table__).where(orm.Node.__table__.c.id == node))
-
-
-async def _table_source(conn, table_node: int) -> tuple[str, dict] | None:
-    """(structure id, parameters) of a table node's data source."""
-    from sqlalchemy import select
-    from tiled.catalog import orm
-
-    sources = orm.DataSource.__table__
-    row = (await conn.execute(select(sources.c.structure_id, sources.c.parameters).where(
-        sources.c.node_id == table_node))).first()
-    return None if row is None else (row[0], row[1])
 
 
 def _structure_id(structure: dict[str, Any]) -> str:
