@@ -64,7 +64,7 @@ from nats.js.api import (
 )
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from .spool import decode, encode
+from .spool import READ_BYTES, decode, encode
 
 log = logging.getLogger(__name__)
 DUPLICATE_WINDOW = 600.0  # s: a message published again within this is stored once
@@ -324,12 +324,12 @@ async def _make_queue() -> asyncio.Queue:
 class JetStreamWriter:
     """Write the deployment's documents from JetStream into ``sink``, on a thread of its own.
 
-    Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first), gives them to
-    the sink in stream order, commits, and acknowledges the batch. While the archive cannot
-    be reached the batch is written again after a pause, unacknowledged. ``on_written(name, doc,
-    shard)`` hears every document written; ``on_acked(names, seq)`` every batch acknowledged:
-    the names of its documents and the stream sequence of its last message (nothing up to it
-    comes to a writer again).
+    Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first; more when
+    behind, :meth:`_fetch`), gives them to the sink in stream order, commits, and
+    acknowledges the batch. While the archive cannot be reached the batch is written again
+    after a pause, unacknowledged. ``on_written(name, doc, shard)`` hears every document
+    written; ``on_acked(names, seq)`` every batch acknowledged: the names of its documents
+    and the stream sequence of its last message (nothing up to it comes to a writer again).
     """
 
     def __init__(self, sink: Callable[[str, dict], None], link: NatsLink, batch: int = 1000,
@@ -388,10 +388,23 @@ class JetStreamWriter:
                 return
 
     async def _fetch(self) -> list:
+        """Up to ``batch`` messages; while full batches come (the writer is behind), more at
+        once, up to ``READ_BYTES``: one batch then holds many rows of each stream, written in
+        one go, as the spool's writer reads when behind."""
         try:
-            return await self._sub.fetch(self.batch, timeout=self.wait)
+            messages = await self._sub.fetch(self.batch, timeout=self.wait)
         except TimeoutError:
             return []
+        size = sum(len(m.data) for m in messages)
+        more = messages
+        while len(more) == self.batch and size < READ_BYTES:
+            try:  # (what the server has: it answers at once)
+                more = await self._sub.fetch(self.batch, timeout=0.1)
+            except TimeoutError:
+                break
+            messages += more
+            size += sum(len(m.data) for m in more)
+        return messages
 
     def _write(self, messages: list) -> None:
         from .writer import _resync, _unreachable
