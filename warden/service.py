@@ -24,14 +24,13 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bluesky import RunEngine
 
 from catalog.ascii import AsciiDayWriter
 from catalog.backends import Backend, open_backend
 from catalog.latest import LatestPublisher, LatestStore, SharedLatest
-from catalog.query import Archive
-from catalog.server import Server
 from catalog.uri import ArchiveURI
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
@@ -44,8 +43,11 @@ from warden_devices.sim import SimUpstream
 
 from .config import IN_MEMORY, ConfigError, WardenConfig
 from .plugins.runner import PluginRunner, PluginState, discover
-from .server_process import ServerProcess, ServerSpec
 from .writer_process import WriterProcess, WriterSpec
+
+if TYPE_CHECKING:  # (the server's and the client's imports: not a shard's)
+    from catalog.query import Archive
+    from catalog.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ class WardenService:
 
     def _start_server(self) -> str:
         """Publish ``latest`` to the shared file and start the server's process on it."""
+        from .server_process import ServerProcess, ServerSpec
+
         self._latest_dir = tempfile.mkdtemp(prefix="warden-latest-")
         self.publisher = LatestPublisher(self.latest, self.latest_file).start()
         log_dir = self.backend.data_dir  # server.log and access.log beside the archive
@@ -297,6 +301,8 @@ class WardenService:
 
     def archive(self) -> Archive:
         """Query helper on this service's own server."""
+        from catalog.query import Archive
+
         return Archive.from_uri(self.url, api_key=self.api_key, zone=self.config.zone)
 
 

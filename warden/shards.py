@@ -70,7 +70,6 @@ from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
 
 from .config import ConfigError, WardenConfig
-from .server_process import ServerSpec, service_server
 from .service import WardenService, api_key_from_env
 
 log = logging.getLogger(__name__)
@@ -249,6 +248,8 @@ class ArchiveHost:
 
     def start(self) -> str:
         """Open the archive, serve it, start writing; return the server's URL."""
+        from .server_process import ServerSpec, service_server  # (Tiled's server: not a shard's)
+
         self.backend = open_backend(self.config.archive)
         self.link = NatsLink(Bus(self.config.nats.url, self.config.nats.name))
         self.link.ensure_stream()

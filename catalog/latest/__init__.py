@@ -12,9 +12,23 @@
   and the 405 for writes (:func:`read_only_routes`).
 """
 
-from .route import LatestFastPath, ObjectLatestAdapter, latest_route, latest_tree, read_only_routes
+from typing import Any
+
 from .shared import ArchivedTimes, LatestPublisher, SharedLatest
 from .store import Connections, Latest, LatestStore, Source
+
+# the route's names come with Tiled's server (2 s of imports), which a shard never needs:
+# imported when first asked for
+_ROUTE_NAMES = ("LatestFastPath", "ObjectLatestAdapter", "latest_route", "latest_tree",
+                "read_only_routes")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROUTE_NAMES:
+        from . import route
+
+        return getattr(route, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ArchivedTimes",
