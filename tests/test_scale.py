@@ -22,9 +22,8 @@ import pytest
 import yaml
 from test_backends import fresh_archive, postgres_server  # noqa: F401 - fixture
 
-from catalog.jetstream import Bus, DocumentPublisher, NatsLink, open_generation
+from catalog.jetstream import Bus, DocumentPublisher, NatsLink, documents, open_generation
 from catalog.query import Archive
-from catalog.spool import decode
 from warden.cli import main
 from warden.config import parse_config
 from warden.shards import ArchiveHost, Shard, SharedDayRuns, shard_config, shard_of
@@ -131,11 +130,18 @@ def test_a_document_published_twice_is_stored_once(deployment):
         link.ensure_stream()
         publisher = DocumentPublisher(link, shard=0)
         doc = {"uid": "u1", "time": 1.0, "day": "2001-11-06"}
-        publisher("start", doc)
-        publisher("start", dict(doc))  # (a batch published again after a lost acknowledgement)
-        assert publisher.close(30)
+        page = {"uid": ["e1"], "descriptor": "d1", "seq_num": [1], "time": [1.0],
+                "data": {"p": [1.5]}, "timestamps": {"p": [1.0]}}
+        batch = [*publisher.items("start", doc), *publisher.items("event_page", page)]
+        assert link.call(publisher._publish(batch))
+        # the same batch again, as after an acknowledgement lost on its way
+        assert link.call(publisher._publish(list(batch)))
         info = link.call(link.js.stream_info(link.bus.stream))
-        assert info.state.messages == 1
+        assert info.state.messages == 1  # (one message holds both documents)
+        sub = link.call(link.js.pull_subscribe(link.bus.subject(">"), stream=link.bus.stream))
+        (message,) = link.call(sub.fetch(10, timeout=5))
+        assert documents(message.data) == [("start", doc), ("event_page", page)]
+        assert publisher.close(30)
         other = DocumentPublisher(link, shard=1)  # another shard's start of the same day run:
         other("start", dict(doc))  # a document of its own (the writer counts the shards)
         assert other.close(30)
@@ -162,7 +168,10 @@ def test_a_page_over_the_server_s_largest_message_goes_as_pages_of_its_rows(depl
         publisher("event_page", page)
         assert publisher.close(30)
         sub = link.call(link.js.pull_subscribe(link.bus.subject(">"), stream=link.bus.stream))
-        got = [decode(m.data)[1] for m in link.call(sub.fetch(100, timeout=5))]
+        messages = link.call(sub.fetch(100, timeout=5))
+        assert len(messages) >= 3
+        assert all(len(m.data) <= link.nc.max_payload for m in messages)
+        got = [doc for m in messages for _, doc in documents(m.data)]
         assert len(got) >= 4
         assert [s for p in got for s in p["seq_num"]] == list(range(1, n + 1))
         assert [o for p in got for o in p["data"]["object"]] == names
