@@ -173,6 +173,16 @@ class NatsLink:
         log.info("NATS: keys of the bucket %s now expire %.0f days after their put", bucket,
                  ttl / 86400)
 
+    async def put_many(self, bucket: str, values: dict[str, bytes]) -> None:
+        """Put ``values`` (key -> value) into the key-value bucket ``bucket``, without waiting
+        for an acknowledgement of each (21.6 us of CPU each, against 1.6 us): the server has
+        them all when this returns, or it raises. For ``latest``, which each change puts
+        again; not for what must not be lost."""
+        subject = f"$KV.{bucket}."
+        for key, value in values.items():
+            await self.nc.publish(subject + key, value)
+        await self.nc.flush(timeout=10)
+
     def remove(self) -> None:
         """Delete the deployment's document stream and buckets (those that exist)."""
         bus = self.bus
@@ -529,16 +539,9 @@ class JetStreamWriter:
         archived, self._archived = self._archived, {}
         if not archived:
             return
-        subject = f"$KV.{self.link.bus.latest_bucket}."
-
-        async def put() -> None:
-            acks = [await self.link.js.publish_async(subject + latest_key(name, "a"),
-                                                     msgpack.packb(t))
-                    for name, t in archived.items()]
-            await asyncio.gather(*acks)
-
+        values = {latest_key(name, "a"): msgpack.packb(t) for name, t in archived.items()}
         try:
-            self.link.call(put())
+            self.link.call(self.link.put_many(self.link.bus.latest_bucket, values))
         except Exception:  # noqa: BLE001
             log.exception("latest: archived times not published")
             for name, t in archived.items():
@@ -686,11 +689,9 @@ class LatestKVPublisher:
         return len(entries)
 
     async def _put(self, entries: dict[str, tuple[tuple, dict]]) -> None:
-        js, subject = self.link.js, f"$KV.{self.link.bus.latest_bucket}."
-        acks = [await js.publish_async(subject + latest_key(name),
-                                       msgpack.packb(entry, default=_plain))
-                for name, (_, entry) in entries.items()]
-        await asyncio.gather(*acks)
+        await self.link.put_many(self.link.bus.latest_bucket, {
+            latest_key(name): msgpack.packb(entry, default=_plain)
+            for name, (_, entry) in entries.items()})
         self._sent.update({name: mark for name, (mark, _) in entries.items()})
 
     def _loop(self) -> None:
