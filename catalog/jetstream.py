@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import logging
 import math
@@ -259,14 +260,19 @@ class DocumentPublisher:
         self._done = threading.Condition()
         self._runs = link.bucket(link.bus.runs_bucket)  # starts and descriptors, by uid
         self.max_payload = link.nc.max_payload - 4096  # bytes of a message (headers aside)
-        self._queue: asyncio.Queue = link.call(_make_queue())
+        self._queue: collections.deque = collections.deque()  # items from any thread
+        self._waiting = False  # the pump waits for items (woken once, not per item)
+        self._wake: asyncio.Event = link.call(_make_event())
         self._task = link.submit(self._pump())
 
     def __call__(self, name: str, doc: dict) -> None:
-        for item in self.items(name, doc):
-            with self._done:
-                self._given += 1
-            self.link.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        items = self.items(name, doc)
+        with self._done:
+            self._given += len(items)
+            self._queue.extend(items)
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self.link.loop.call_soon_threadsafe(self._wake.set)
 
     def items(self, name: str, doc: dict) -> list[tuple[str, bytes, str | None]]:
         """``(id, spool line, runs bucket key)`` of a document: an event page over the
@@ -283,9 +289,14 @@ class DocumentPublisher:
 
     async def _pump(self) -> None:
         while True:
-            items = [await self._queue.get()]
-            while len(items) < self.batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            with self._done:
+                items = [self._queue.popleft()
+                         for _ in range(min(self.batch, len(self._queue)))]
+                self._waiting = not items
+            if not items:
+                await self._wake.wait()
+                self._wake.clear()
+                continue
             delay = 0.2
             while not await self._publish(items):
                 self.retries += 1
@@ -352,8 +363,8 @@ def split_page(page: dict) -> list[dict]:
     return [rows(slice(None, half)), rows(slice(half, None))]
 
 
-async def _make_queue() -> asyncio.Queue:
-    return asyncio.Queue()
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
 
 
 class JetStreamWriter:

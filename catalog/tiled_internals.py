@@ -361,8 +361,14 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
             key=run_key, parent=root, structure_family=StructureFamily.container,
             metadata=run_metadata, specs=run_specs))).scalar_one()
 
-    have = {key: (node, md) for node, key, md in (await conn.execute(
-        select(nodes.c.id, nodes.c.key, nodes.c.metadata).where(nodes.c.parent == run)))}
+    children = dict((await conn.execute(
+        select(nodes.c.key, nodes.c.id).where(nodes.c.parent == run))).all())
+    have = {}  # (the metadata of the streams asked for only: a run's is a JSON each)
+    asked = [key for key in plans if key in children]
+    for part in range(0, len(asked), 1000):
+        have.update({key: (node, md) for node, key, md in (await conn.execute(
+            select(nodes.c.id, nodes.c.key, nodes.c.metadata).where(
+                nodes.c.parent == run, nodes.c.key.in_(asked[part:part + 1000]))))})
     new = [key for key in plans if key not in have]
     if new:
         await conn.execute(nodes.insert(), [
@@ -395,8 +401,9 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
                  "structure_family": StructureFamily.table,
                  "metadata": plans[key][0].table_metadata, "specs": []} for key in tables_for]
         await conn.execute(nodes.insert(), rows)
-        table_nodes = {stream: table for stream, (table, _, _) in
-                       (await _run_tables(conn, run)).items()}
+        table_nodes = dict((await conn.execute(select(nodes.c.parent, nodes.c.id).where(
+            nodes.c.key == "internal",
+            nodes.c.parent.in_(select(nodes.c.id).where(nodes.c.parent == run))))).all())
         insert = _insert_for(conn)
         await conn.execute(insert(orm.Structure.__table__).on_conflict_do_nothing(
             index_elements=["id"]), [{"id": _structure_id(plans[key][1]),
