@@ -242,15 +242,17 @@ class DocumentPublisher:
     """A ``(name, doc)`` callback that publishes every document to JetStream, in order.
 
     Documents wait in a queue; a task of the link's loop takes what is queued (up to
-    ``batch``), publishes it as messages of many documents each (pipelined) and waits for
-    every acknowledgement; a batch not acknowledged within ``timeout`` (NATS away) is
-    published again, the same messages with the same ids, until it is (the duplicate window
-    stores each once). A message per document would cost each shard and the writer a
+    ``batch``; ``linger`` seconds after the first document of an idle spell), publishes it
+    as messages of many documents each (pipelined) and waits for every acknowledgement; a
+    batch not acknowledged within ``timeout`` (NATS away) is published again, the same
+    messages with the same ids, until it is (the duplicate window stores each once). A
+    message per document would cost each shard and the writer a
     JetStream publish, acknowledgement and fetch per event page: 20 us of a shard's CPU each.
     """
 
-    def __init__(self, link: NatsLink, shard: int, batch: int = 20_000, timeout: float = 5.0):
-        self.link = link
+    def __init__(self, link: NatsLink, shard: int, batch: int = 20_000, timeout: float = 5.0,
+                 linger: float = 0.05):
+        self.link, self.linger = link, linger
         self.shard, self.subject = shard, link.bus.subject(shard)
         self.headers = {SHARD_HEADER: str(shard)}
         self.batch, self.timeout = batch, timeout
@@ -296,6 +298,7 @@ class DocumentPublisher:
             if not items:
                 await self._wake.wait()
                 self._wake.clear()
+                await asyncio.sleep(self.linger)  # (the rest of a flush's pages)
                 continue
             delay = 0.2
             while not await self._publish(items):

@@ -385,7 +385,7 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
             [{"b_node": have[key][0], "b_metadata": plans[key][0].metadata}
              for key in prepared])
     tables_for, locations = list(new), {}
-    made = await _run_tables(conn, run)  # stream node -> (table node, structure, parameters)
+    made = await _tables_of(conn, [have[key][0] for key in prepared])
     for key in prepared:
         table, structure_id, parameters = made.get(have[key][0], (None, None, None))
         if structure_id == _structure_id(plans[key][1]):
@@ -430,20 +430,22 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
     return locations
 
 
-async def _run_tables(conn, run: int) -> dict[int, tuple[int, str | None, dict | None]]:
-    """The ``internal`` table of every stream of the run node ``run``: stream node ->
+async def _tables_of(conn, streams: list[int]) -> dict[int, tuple[int, str | None, dict | None]]:
+    """The ``internal`` table of each of the stream nodes ``streams``: stream node ->
     (table node, its data source's structure id and parameters, None if it has none)."""
     from sqlalchemy import select
     from tiled.catalog import orm
 
     nodes, sources = orm.Node.__table__, orm.DataSource.__table__
-    rows = await conn.execute(
-        select(nodes.c.parent, nodes.c.id, sources.c.structure_id, sources.c.parameters)
-        .select_from(nodes.outerjoin(sources, sources.c.node_id == nodes.c.id))
-        .where(nodes.c.key == "internal",
-               nodes.c.parent.in_(select(nodes.c.id).where(nodes.c.parent == run))))
-    return {stream: (table, structure, parameters)
-            for stream, table, structure, parameters in rows}
+    out = {}
+    for part in range(0, len(streams), 1000):
+        rows = await conn.execute(
+            select(nodes.c.parent, nodes.c.id, sources.c.structure_id, sources.c.parameters)
+            .select_from(nodes.outerjoin(sources, sources.c.node_id == nodes.c.id))
+            .where(nodes.c.key == "internal", nodes.c.parent.in_(streams[part:part + 1000])))
+        out.update({stream: (table, structure, parameters)
+                    for stream, table, structure, parameters in rows})
+    return out
 
 
 async def _child_id(conn, parent: int, key: str) -> int | None:
