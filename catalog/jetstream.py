@@ -54,7 +54,6 @@ from typing import Any
 import msgpack
 import nats
 import nats.errors
-from event_model import merge_event_pages
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -376,16 +375,15 @@ class JetStreamWriter:
     Fetches up to ``batch`` messages (waiting ``wait`` seconds for the first; more when
     behind, :meth:`_fetch`), gives them to the sink in stream order, commits, and
     acknowledges the batch. While the archive cannot be reached the batch is written again
-    after a pause, unacknowledged. ``on_written(name, doc, shard)`` hears every document
-    written; ``on_acked(names, seq)`` every batch acknowledged: the names of its documents
-    and the stream sequence of its last message (nothing up to it comes to a writer again).
+    after a pause, unacknowledged. ``on_acked(names, seq)`` hears every batch acknowledged:
+    the names of its documents and the stream sequence of its last message (nothing up to it
+    comes to a writer again).
     """
 
     def __init__(self, sink: Callable[[str, dict], None], link: NatsLink, batch: int = 16,
-                 wait: float = 0.5, on_written: Callable[[str, dict, int], None] | None = None,
-                 on_acked: Callable[[list[str], int], None] | None = None):
+                 wait: float = 0.5, on_acked: Callable[[list[str], int], None] | None = None):
         self.sink, self.link = sink, link
-        self.batch, self.wait, self.on_written = batch, wait, on_written
+        self.batch, self.wait = batch, wait
         self.on_acked = on_acked
         self.written = 0  # rows of event pages written (this writer's)
         self.errors = 0  # documents the archive refused
@@ -481,21 +479,15 @@ class JetStreamWriter:
 
     def _write_batch(self, docs: list[tuple[tuple[str, dict], int]]) -> None:
         """Documents in order, with the event pages of each stream between two other
-        documents merged into one page; then commit."""
+        documents merged into one page (:func:`catalog.writer.merge_pages`); then commit."""
+        from .writer import merge_pages
+
         prepare = getattr(self.sink, "prepare", None)
         if prepare is not None:
             prepare([doc for doc, _ in docs])
-        pages: dict[str, list[dict]] = {}
-        for (name, doc), shard in docs:
-            if name == "event_page":
-                pages.setdefault(doc["descriptor"], []).append(doc)
-                continue
-            for group in pages.values():
-                self._give("event_page", merge_event_pages(group), shard)
-            pages.clear()
-            self._give(name, doc, shard)
-        for group in pages.values():
-            self._give("event_page", merge_event_pages(group), 0)
+        shards = {id(doc): shard for (_, doc), shard in docs}  # (of the documents not merged)
+        for name, doc in merge_pages([doc for doc, _ in docs]):
+            self._give(name, doc, shards.get(id(doc), 0))
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()
@@ -524,8 +516,6 @@ class JetStreamWriter:
             stream = self._names.get(doc["descriptor"])
             if stream is not None and doc["timestamps"]:
                 self._archived[stream] = max(max(ts) for ts in doc["timestamps"].values())
-        if self.on_written is not None:
-            self.on_written(name, doc, shard)
 
     def _deliver(self, name: str, doc: dict, shard: int) -> None:
         if isinstance(self.sink, SharedRunSink):

@@ -98,17 +98,21 @@ def table_location(node) -> TableLocation:
     return TableLocation(parameters["table_name"], int(parameters["dataset_id"]))
 
 
-def append_rows(cursor, where: TableLocation, table: pa.Table, partition: int = 0) -> None:
-    """Append ``table`` (the node's schema) to ``partition`` of the node at ``where``, as
-    ``SQLAdapter.append_partition`` does, with an ADBC ``cursor`` of the storage; the caller
-    commits."""
+def append_rows(cursor, table_name: str, parts: list[tuple[int, pa.Table]],
+                partition: int = 0) -> None:
+    """Append the rows of several nodes whose rows the SQL table ``table_name`` keeps, each
+    ``(dataset id, table of the nodes' schema)``, in one ingest, with an ADBC ``cursor`` of
+    the storage: what ``SQLAdapter.append_partition`` does for each (each node's rows in
+    its order, after those it has); the caller commits."""
+    tables = [table for _, table in parts]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    ids = np.repeat(np.array([i for i, _ in parts], np.int32), [len(t) for t in tables])
     n = len(table)
     table = table.add_column(0, pa.field("_partition_id", pa.int16()),
                              [np.full(n, partition, np.int16)])
-    table = table.add_column(0, pa.field("_dataset_id", pa.int32()),
-                             [np.full(n, where.dataset_id, np.int32)])
+    table = table.add_column(0, pa.field("_dataset_id", pa.int32()), [ids])
     table = table.rename_columns([c.lower() for c in table.column_names])
-    cursor.adbc_ingest(where.table_name, table, mode="append")
+    cursor.adbc_ingest(table_name, table, mode="append")
 
 
 def read_rows(conn, where: TableLocation, schema: pa.Schema, chunk: int) -> Iterator[pa.Table]:

@@ -464,7 +464,7 @@ class SpooledWriter:
                 if prepare is not None:
                     prepare(docs)
                 written = []
-                for name, doc in _merge_pages(docs):
+                for name, doc in merge_pages(docs):
                     if self._write(name, doc):
                         written.append((name, doc))
                 flush = getattr(self.sink, "flush", None)
@@ -556,7 +556,7 @@ def _resync(sink) -> None:
         resync()
 
 
-def _merge_pages(batch: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
+def merge_pages(batch: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
     """Documents in order, with the event pages of each stream between two other documents
     merged into one page."""
     pages: dict[str, list[dict]] = {}
@@ -564,7 +564,11 @@ def _merge_pages(batch: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
         if name == "event_page":
             pages.setdefault(doc["descriptor"], []).append(doc)
             continue
-        yield from (("event_page", merge_event_pages(p)) for p in pages.values())
+        yield from (("event_page", _merged(p)) for p in pages.values())
         pages.clear()
         yield name, doc
-    yield from (("event_page", merge_event_pages(p)) for p in pages.values())
+    yield from (("event_page", _merged(p)) for p in pages.values())
+
+
+def _merged(pages: list[dict]) -> dict:
+    return pages[0] if len(pages) == 1 else merge_event_pages(pages)

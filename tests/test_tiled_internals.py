@@ -163,6 +163,30 @@ def test_rows_appended_directly_read_back_as_rows_appended_through_tiled(archive
                                       by_tiled["fillNumber"].to_numpy())
 
 
+def test_rows_of_several_nodes_appended_in_one_commit_read_back_each_in_its_order(archive):
+    with tiled_client(sql_catalog(archive)) as (client, _):
+        nodes = [client.create_appendable_table(SCHEMA, key=f"stream{i}") for i in range(3)]
+        wheres = [DirectTables.location(node) for node in nodes]
+        assert len({w.table_name for w in wheres}) == 1  # one SQL table holds all three
+        sent: dict[int, list[pa.Table]] = {0: [], 1: [], 2: []}
+        tables = DirectTables(archive)
+        try:
+            for k, (i, start, n) in enumerate([(0, 0, 3), (1, 0, 1), (0, 3, 2), (2, 0, 4),
+                                               (1, 1, 2), (0, 5, 1)]):
+                rows = page(start + 100 * i, n)
+                sent[i].append(rows)
+                tables.append(wheres[i], rows)
+                if k == 3:
+                    tables.commit()  # (what came before lands; the rest waits)
+            assert nodes[1].read()["seq_num"].tolist() == [101]
+            tables.commit()
+        finally:
+            tables.close()
+        for i, node in enumerate(nodes):
+            expected = pa.concat_tables(sent[i]).to_pandas()
+            pd.testing.assert_frame_equal(node.read(), expected, check_dtype=False)
+
+
 def test_rows_read_and_deleted_in_the_storage_are_tiled_s(tmp_path):
     archive = ArchiveURI.parse(f"sqlite:///{tmp_path / 'archive.db'}")
     import adbc_driver_sqlite.dbapi
