@@ -15,7 +15,11 @@ from bluesky.utils import Msg, MsgGenerator
 from .buffer import HOLD, ConnectionLog, ObjectBuffer
 from .clock import Clock
 from .exchange import Exchange, ExchangeLog, exchange_once
-from .patches import cached_protocol_checks, light_page_validation
+from .patches import (
+    cached_protocol_checks,
+    descriptors_validated_once,
+    light_page_validation,
+)
 
 log = logging.getLogger(__name__)
 STOP_CHECK = 0.5  # real seconds between two looks at the stop request
@@ -196,5 +200,6 @@ def monitor_objects(
     # Not rewindable: the RunEngine would keep every message since the last checkpoint, to
     # replay them after a pause, and this plan has no checkpoint (replaying a collect would
     # archive nothing again): 5 MB per million values archived (benchmarks/README.md, memory).
-    with light_page_validation(), cached_protocol_checks():  # while it runs (plans.patches)
+    # The library patches of plans.patches, while it runs.
+    with light_page_validation(), descriptors_validated_once(), cached_protocol_checks():
         return (yield from bpp.rewindable_wrapper(inner(), False))

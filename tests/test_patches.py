@@ -12,7 +12,11 @@ from bluesky import RunEngine
 
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.monitor import monitor_objects
-from plans.patches import cached_protocol_checks, light_page_validation
+from plans.patches import (
+    cached_protocol_checks,
+    descriptors_validated_once,
+    light_page_validation,
+)
 from warden_devices.build import build_device
 
 PAGE = event_model.DocumentNames.event_page
@@ -60,6 +64,35 @@ def test_light_page_validation_still_rejects_pages_whose_columns_do_not_match():
     assert patched_now() == (False, False)
     with pytest.raises(Exception, match="is not of type"):  # jsonschema's own check again
         event_model.schema_validators[PAGE].validate({**good, "seq_num": "1"})
+
+
+def test_a_descriptor_is_validated_in_full_once_per_content_and_bad_ones_still_fail():
+    keys = {"x": {"dtype": "number", "shape": [], "source": "s"}}
+    full = event_model.schema_validators[event_model.DocumentNames.descriptor]
+    calls = []
+
+    class Counting:
+        def validate(self, doc):
+            calls.append(doc["uid"])
+            full.validate(doc)
+
+    event_model.schema_validators[event_model.DocumentNames.descriptor] = Counting()
+    try:
+        with descriptors_validated_once():
+            days = [event_model.compose_run() for _ in range(3)]  # the same stream each day
+            uids = [day.compose_descriptor(name="wcm", data_keys=keys).descriptor_doc["uid"]
+                    for day in days]
+            assert calls == uids[:1]
+            other = days[0].compose_descriptor(name="dcct", data_keys=keys)  # another content
+            assert calls == [uids[0], other.descriptor_doc["uid"]]
+            validator = event_model.schema_validators[event_model.DocumentNames.descriptor]
+            seen = days[1].compose_descriptor(name="wcm", data_keys=keys).descriptor_doc
+            for bad in ({**seen, "uid": 7}, {**seen, "time": "noon"},
+                        {**seen, "data_keys": {"x": {"dtype": "number"}}}):
+                with pytest.raises(Exception, match="is not of type|is a required property"):
+                    validator.validate(bad)
+    finally:
+        event_model.schema_validators[event_model.DocumentNames.descriptor] = full
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["stopped", "failed"])

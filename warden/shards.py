@@ -65,7 +65,7 @@ from catalog.jetstream import (
     open_generation,
 )
 from plans.clock import Clock
-from plans.monitor import cached_protocol_checks, light_page_validation, monitor_objects
+from plans.monitor import monitor_objects
 from warden_devices.reconnect import ReconnectWatch, channels_of
 from warden_devices.repeater import ensure_repeater
 
@@ -182,8 +182,7 @@ class Shard:
             md={"timezone": self.config.zone.key, "objects": served_names(self.config),
                 "shards": self.config.shards},
             exchanges=svc.exchanges)
-        with light_page_validation(), cached_protocol_checks():
-            RE(plan)
+        RE(plan)
 
     def stop(self) -> None:
         self.service.stop()
