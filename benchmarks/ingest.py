@@ -416,8 +416,11 @@ class WardenRun:
         self._sampling = threading.Event()
 
     def start(self, plan: bool = True) -> None:
+        from warden.processes import tune_gc
+
         t0 = time.perf_counter()
         self.url = self.service.start()
+        tune_gc()  # (as `warden run` does once started)
         self.latest.listen(self.service)
         if plan:
             self.start_plan()

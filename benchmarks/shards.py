@@ -394,12 +394,14 @@ def _answer(conn, commands: dict) -> None:
 def _archive_host(config: dict, conn) -> None:
     """Child: the archive host (writer and Tiled server) until ``close``."""
     from warden.config import WardenConfig
+    from warden.processes import tune_gc
     from warden.shards import ArchiveHost
 
     try:
         host = ArchiveHost(WardenConfig.model_validate(config), api_key=API_KEY, port=0,
                            compact_grace=None)  # (rows are counted in the tables file)
         host.start()
+        tune_gc()  # (as `warden archive` does once started)
     except Exception as err:  # noqa: BLE001
         conn.send(("error", f"the archive host did not start: {type(err).__name__}: {err}"))
         return
@@ -418,6 +420,7 @@ def _shard(config: dict, i: int, offset: float, conn) -> None:
     driver on its own objects."""
     from plans.clock import Clock
     from warden.config import WardenConfig
+    from warden.processes import tune_gc
     from warden.shards import Shard
 
     from .ingest import Driver
@@ -435,6 +438,7 @@ def _shard(config: dict, i: int, offset: float, conn) -> None:
             if time.monotonic() > end or not plan.is_alive():
                 raise RuntimeError("the monitoring plan did not stage its buffers")
             time.sleep(0.05)
+        tune_gc()  # (as `warden run --shard` does once started)
     except Exception as err:  # noqa: BLE001
         conn.send(("error", f"shard {i} did not start: {type(err).__name__}: {err}"))
         return
@@ -513,6 +517,7 @@ def _side(probe, driver: dict, t_start: float, t_end: float, warmup: float,
         "archived": audit["values"],
         "lost": driver["offered"] - audit["values"],
         "doubled_rows": audit["doubled_rows"],
+        "split_rows": audit["split_rows"],
         "archived_rows": audit["rows"],
         "sustained_values_per_s": None if sustained is None else round(sustained, 1),
         "freshness": probe.fresh.summary(),
@@ -551,8 +556,11 @@ def audit_archive(catalog_db: Path, tables_db: Path, m: int, since: float, until
     """What the SQLite archive holds of the rows stamped in ``[since, until]``.
 
     ``values``: distinct (stream, attribute, upstream time); ``doubled_rows``: rows of a
-    stream and upstream time archived more than once; ``midnight``: the day runs holding the
-    rows stamped after ``midnight``.
+    run's stream archived more than once (the same ``seq_num``); ``split_rows``: rows whose
+    last attribute's upstream time another row of the stream has too (a flush that found a
+    round of the driver's puts half done, the rest stalled longer than the buffer's
+    ``HOLD``: the rest is in the next row, nothing doubled); ``midnight``: the day runs
+    holding the rows stamped after ``midnight``.
     """
     from .ingest import attributes
 
@@ -563,11 +571,11 @@ def audit_archive(catalog_db: Path, tables_db: Path, m: int, since: float, until
         con.execute("ATTACH DATABASE ? AS cat", (f"file:{catalog_db}?mode=ro",))
         con.execute(
             "CREATE TEMP TABLE ds AS SELECT json_extract(d.parameters, '$.dataset_id') AS id,"
-            " s.key AS stream, json_extract(r.metadata, '$.start.day') AS day"
+            " s.key AS stream, r.key AS run, json_extract(r.metadata, '$.start.day') AS day"
             " FROM cat.data_sources d JOIN cat.nodes t ON t.id = d.node_id"
             " JOIN cat.nodes s ON s.id = t.parent JOIN cat.nodes r ON r.id = s.parent")
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        rows = values = distinct_rows = 0
+        rows = values = distinct_rows = distinct_seq = 0
         after: dict[str, int] = {}
         last = f'"ts_{attrs[-1]}"'
         for table in tables:
@@ -580,6 +588,9 @@ def audit_archive(catalog_db: Path, tables_db: Path, m: int, since: float, until
             distinct_rows += con.execute(
                 f"SELECT count(*) FROM (SELECT DISTINCT ds.stream, x.{last} {src})",
                 (since, until)).fetchone()[0]
+            distinct_seq += con.execute(
+                f"SELECT count(*) FROM (SELECT DISTINCT ds.run, ds.stream, x.seq_num {src})",
+                (since, until)).fetchone()[0]
             for a in attrs:
                 values += con.execute(
                     f'SELECT count(*) FROM (SELECT DISTINCT ds.stream, x."ts_{a}" {src})',
@@ -590,7 +601,8 @@ def audit_archive(catalog_db: Path, tables_db: Path, m: int, since: float, until
     finally:
         con.close()
     rows_after = sum(after.values())
-    return {"rows": rows, "values": values, "doubled_rows": rows - distinct_rows,
+    return {"rows": rows, "values": values, "doubled_rows": rows - distinct_seq,
+            "split_rows": rows - distinct_rows,
             "midnight": {"next_day": next_day, "rows_after_by_day": after,
                          "next_day_holds_rows": rows_after > 0
                          and after.get(next_day, 0) == rows_after}}

@@ -430,6 +430,9 @@ def _run_until_signalled(service, ready: str, duration: float | None = None,
             signal.signal(sig, stop_now)
         service.stop()
 
+    from .processes import tune_gc
+
+    tune_gc()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(ready, flush=True)  # once a signal stops the service cleanly
     timer = threading.Timer(duration, service.stop) if duration is not None else None

@@ -34,7 +34,7 @@ from catalog.server import TiledServer, warden_app
 from catalog.ui import mount_ui
 
 from .control import control_router
-from .processes import child_context, start_child
+from .processes import child_context, start_child, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ def serve(spec: ServerSpec, life: Connection, control: Connection) -> None:
         server = service_server(backend.tree, SharedLatest(Path(spec.latest_file), spec.objects),
                                 RemoteRunner(control, spec.plugins), spec)
         life.send(("url", server.start()))
+        tune_gc()
     except Exception as err:  # noqa: BLE001 - the parent raises it
         life.send(("error", f"the Tiled server did not start: {type(err).__name__}: {err}"))
         return

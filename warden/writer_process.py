@@ -38,7 +38,7 @@ from catalog.latest import ArchivedTimes
 from catalog.spool import Position, Spool, SpoolReader
 from catalog.writer import SpooledWriter
 
-from .processes import child_context, start_child
+from .processes import child_context, start_child, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def write(spec: WriterSpec, commands: Connection, reports: Connection,
                                f"{err}"))
         return
     reports.send(("ready", None))
+    tune_gc()
     archived = ArchivedTimes(Path(spec.latest_file)) if spec.latest_file else None
     closed_run = False  # a stop document was written since the last report
     compactor = (None if spec.compact_grace is None
