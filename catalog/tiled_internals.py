@@ -289,11 +289,13 @@ def create_streams(uri: ArchiveURI, tables, run_key: str, run_metadata: dict[str
     """
     from tiled.structures.table import TableStructure
 
-    plans = {}
+    plans, of_schema = {}, {}  # (streams of one schema share its structure and table)
     for stream in streams:
-        structure = dataclasses.asdict(TableStructure.from_schema(stream.schema))
-        name = "table_" + hashlib.md5(structure["arrow_schema"].encode()).hexdigest().lower()
-        plans[stream.key] = (stream, structure, name)
+        if stream.schema not in of_schema:
+            structure = dataclasses.asdict(TableStructure.from_schema(stream.schema))
+            name = "table_" + hashlib.md5(structure["arrow_schema"].encode()).hexdigest()
+            of_schema[stream.schema] = (structure, name.lower())
+        plans[stream.key] = (stream, *of_schema[stream.schema])
     ids = iter(_dataset_ids(uri, tables, plans.values(), len(streams)))
 
     async def write() -> dict[str, TableLocation]:
