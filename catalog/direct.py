@@ -29,7 +29,7 @@ class DirectTables:
         self.archive = archive
         self._conn = None
         self._pending = False  # appends not committed yet
-        self._rows: dict[tuple[str, pa.Schema], list[tuple[int, pa.Table]]] = {}
+        self._rows: dict[str, list[tuple[int, pa.Table]]] = {}  # by SQL table
         self._lock = threading.Lock()
 
     def append(self, where: TableLocation, table: pa.Table) -> None:
@@ -42,19 +42,20 @@ class DirectTables:
         batch, one ingest of the batch's rows of all of them less again).
         """
         with self._lock:
-            self._rows.setdefault((where.table_name, table.schema), []).append(
-                (where.dataset_id, table))
+            self._rows.setdefault(where.table_name, []).append((where.dataset_id, table))
 
     def _ingest(self) -> None:
-        """Write the rows waiting, one ingest per SQL table (and schema)."""
+        """Write the rows waiting, one ingest per SQL table (and Arrow schema: a node's
+        tables all have its own, nodes of one SQL table almost always the same)."""
         rows, self._rows = self._rows, {}
         if not rows:
             return
         conn = self._connect()
         try:
             with conn.cursor() as cursor:
-                for (table_name, _), parts in rows.items():
-                    append_rows(cursor, table_name, parts)
+                for table_name, parts in rows.items():
+                    for same in _by_schema(parts):
+                        append_rows(cursor, table_name, same)
         except Exception:
             self._close()  # rolls back; a fresh connection next time
             raise
@@ -128,3 +129,16 @@ class DirectTables:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def _by_schema(parts: list[tuple[int, pa.Table]]) -> list[list[tuple[int, pa.Table]]]:
+    """``parts`` grouped by their tables' schema, each group in order (hashing a schema costs
+    6 us, comparing two 0.05 us: compared with the few schemas seen)."""
+    groups: list[list[tuple[int, pa.Table]]] = []
+    for part in parts:
+        group = next((g for g in groups if g[0][1].schema.equals(part[1].schema)), None)
+        if group is None:
+            groups.append([part])
+        else:
+            group.append(part)
+    return groups

@@ -485,7 +485,7 @@ class JetStreamWriter:
         prepare = getattr(self.sink, "prepare", None)
         if prepare is not None:
             prepare([doc for doc, _ in docs])
-        shards = {id(doc): shard for (_, doc), shard in docs}  # (of the documents not merged)
+        shards = {id(doc): shard for (_, doc), shard in docs}  # (a merged page: 0; unused)
         for name, doc in merge_pages([doc for doc, _ in docs]):
             self._give(name, doc, shards.get(id(doc), 0))
         flush = getattr(self.sink, "flush", None)

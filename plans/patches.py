@@ -59,15 +59,19 @@ class _PageShapeValidator:
 
 
 @contextlib.contextmanager
-def light_page_validation() -> Iterator[None]:
-    """Check event pages' shape instead of validating each against the JSON schema."""
+def _validator(name: event_model.DocumentNames, make) -> Iterator[None]:
+    """event-model's validator of the documents ``name`` is ``make(its own)`` meanwhile."""
     validators = event_model.schema_validators
-    name = event_model.DocumentNames.event_page
-    saved, validators[name] = validators[name], _PageShapeValidator()
+    saved, validators[name] = validators[name], make(validators[name])
     try:
         yield
     finally:
         validators[name] = saved
+
+
+def light_page_validation() -> contextlib.AbstractContextManager[None]:
+    """Check event pages' shape instead of validating each against the JSON schema."""
+    return _validator(event_model.DocumentNames.event_page, lambda _: _PageShapeValidator())
 
 
 class _DescriptorOnceValidator:
@@ -95,16 +99,9 @@ class _DescriptorOnceValidator:
         self.seen.add(digest)
 
 
-@contextlib.contextmanager
-def descriptors_validated_once() -> Iterator[None]:
+def descriptors_validated_once() -> contextlib.AbstractContextManager[None]:
     """Validate each descriptor's content against the JSON schema once (see above)."""
-    validators = event_model.schema_validators
-    name = event_model.DocumentNames.descriptor
-    saved, validators[name] = validators[name], _DescriptorOnceValidator(validators[name])
-    try:
-        yield
-    finally:
-        validators[name] = saved
+    return _validator(event_model.DocumentNames.descriptor, _DescriptorOnceValidator)
 
 
 @contextlib.contextmanager
