@@ -98,19 +98,17 @@ def table_location(node) -> TableLocation:
     return TableLocation(parameters["table_name"], int(parameters["dataset_id"]))
 
 
-def append_rows(cursor, table_name: str, parts: list[tuple[int, pa.Table]],
+def append_rows(cursor, table_name: str, table: pa.Table, dataset_ids: list[int],
                 partition: int = 0) -> None:
-    """Append the rows of several nodes whose rows the SQL table ``table_name`` keeps, each
-    ``(dataset id, table of the nodes' schema)``, in one ingest, with an ADBC ``cursor`` of
-    the storage: what ``SQLAdapter.append_partition`` does for each (each node's rows in
-    its order, after those it has); the caller commits."""
-    tables = [table for _, table in parts]
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    ids = np.repeat(np.array([i for i, _ in parts], np.int32), [len(t) for t in tables])
+    """Append ``table`` (rows of several nodes whose rows the SQL table ``table_name``
+    keeps; ``dataset_ids``: each row's node) in one ingest, with an ADBC ``cursor`` of the
+    storage: what ``SQLAdapter.append_partition`` does for each node (its rows in their
+    order, after those it has); the caller commits."""
     n = len(table)
     table = table.add_column(0, pa.field("_partition_id", pa.int16()),
                              [np.full(n, partition, np.int16)])
-    table = table.add_column(0, pa.field("_dataset_id", pa.int32()), [ids])
+    table = table.add_column(0, pa.field("_dataset_id", pa.int32()),
+                             [np.asarray(dataset_ids, np.int32)])
     table = table.rename_columns([c.lower() for c in table.column_names])
     cursor.adbc_ingest(table_name, table, mode="append")
 

@@ -282,7 +282,7 @@ class _Stream:
         self.run = run  # the run's uid
         self.direct = direct
         self.where = where  # the table's location in the SQL storage, for direct appends
-        self.schema = schema  # the table's, when made ahead
+        self.schema = schema  # the table's (made ahead, or the first page's)
         self.data_keys = data_keys
         self.array_keys = [k for k, dk in data_keys.items() if dk["dtype"] == "array"]
         self.table = None
@@ -299,18 +299,18 @@ class _Stream:
     def append(self, page: dict) -> None:
         if not self.known:
             self._ask_archive()
-        seq = np.asarray(page["seq_num"])
-        new = seq > self.stored.get("internal", 0)
-        if new.any():
-            self._append_table(rows_where(page, new))
-            self.stored["internal"] = int(seq[new][-1])
+        last = page["seq_num"][-1]
+        if last > self.stored.get("internal", 0):
+            self._append_table(rows_after(page, self.stored.get("internal", 0)))
+            self.stored["internal"] = int(last)
         for key in self.array_keys:
-            new = seq > self.stored.get(key, 0)
-            if new.any():
+            done = self.stored.get(key, 0)
+            if last > done:
                 if self.direct is not None:
                     self.direct.commit()  # the table lands before the arrays
+                new = np.asarray(page["seq_num"]) > done
                 self._append_array(key, np.asarray(page["data"][key])[new])
-                self.stored[key] = int(seq[new][-1])
+                self.stored[key] = int(last)
 
     def _ask_archive(self) -> None:
         children = set(self.node)
@@ -329,22 +329,21 @@ class _Stream:
         columns: dict[str, Any] = {"seq_num": page["seq_num"], "time": page["time"]}
         columns.update({k: v for k, v in data.items() if k not in self.array_keys})
         columns.update({f"ts_{k}": v for k, v in stamps.items()})
-        if self.schema is not None:  # (the columns of a table made ahead, in its order)
-            columns = {name: columns[name] for name in self.schema.names}
-        table = pa.table(columns, schema=self.schema or schema_of(self.data_keys, columns))
+        if self.schema is None:  # (the columns of the first page, in its order)
+            self.schema = schema_of(self.data_keys, columns)
         if self.table is None and self.where is None:
             md = {k: v for k, v in self.data_keys.items() if k in columns}
             if self.direct is not None:
                 self.direct.commit()  # (Tiled takes the tables' write lock to create one)
             self.table = self.node.create_appendable_table(
-                schema=table.schema, key="internal", metadata=md
+                schema=self.schema, key="internal", metadata=md
             )
         if self.direct is None:
-            self.table.append_partition(0, table)
+            self.table.append_partition(0, pa.table(columns, schema=self.schema))
             return
         if self.where is None:
             self.where = self.direct.location(self.table)
-        self.direct.append(self.where, table)
+        self.direct.append(self.where, self.schema, columns)
 
     def _append_array(self, key: str, array: np.ndarray) -> None:
         node = self.arrays.get(key)
@@ -355,6 +354,13 @@ class _Stream:
             )
         else:
             node.patch(array, offset=node.shape[:1], extend=True)
+
+
+def rows_after(page: dict, seq_num: int) -> dict:
+    """The rows of an event page past ``seq_num`` (all of them: the page itself)."""
+    if page["seq_num"][0] > seq_num:
+        return page
+    return rows_where(page, np.asarray(page["seq_num"]) > seq_num)
 
 
 def rows_where(page: dict, keep: np.ndarray) -> dict:

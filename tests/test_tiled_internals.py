@@ -145,7 +145,7 @@ def test_rows_appended_directly_read_back_as_rows_appended_through_tiled(archive
         where = DirectTables.location(direct)
         try:
             for rows in pages:
-                tables.append(where, rows)
+                tables.append(where, rows.schema, rows.to_pydict())
                 tables.commit()
         finally:
             tables.close()
@@ -175,7 +175,7 @@ def test_rows_of_several_nodes_appended_in_one_commit_read_back_each_in_its_orde
                                                (1, 1, 2), (0, 5, 1)]):
                 rows = page(start + 100 * i, n)
                 sent[i].append(rows)
-                tables.append(wheres[i], rows)
+                tables.append(wheres[i], rows.schema, rows.to_pydict())
                 if k == 3:
                     tables.commit()  # (what came before lands; the rest waits)
             assert nodes[1].read()["seq_num"].tolist() == [101]
@@ -249,7 +249,7 @@ def test_streams_created_in_bulk_are_served_as_streams_created_through_tiled(arc
                                                    RUN_SPECS, wanted)
             assert again == {}  # there already: left as they are
             for rows in (page(0, 5), page(5, 7)):
-                tables.append(made["yi2-wcm3"], rows)
+                tables.append(made["yi2-wcm3"], rows.schema, rows.to_pydict())
             tables.commit()
 
             for path in ([], ["yi2-wcm3"], ["yi2-wcm3", "internal"]):
@@ -284,8 +284,7 @@ def test_streams_created_in_bulk_are_served_as_streams_created_through_tiled(arc
             for name in ("yi2-wcm3", "bo2-wcm1"):
                 assert client[TOMORROW][name].metadata == stream_md
                 assert DirectTables.location(client[TOMORROW][name].base["internal"]) == taken[name]
-            tables.append(taken["bo2-wcm1"], pa.table({"time": [1.0], "seq_num": [1],
-                                                       "a0": [2.5]}, schema=OTHER))
+            tables.append(taken["bo2-wcm1"], OTHER, {"time": [1.0], "seq_num": [1], "a0": [2.5]})
             tables.commit()
             assert client[TOMORROW]["bo2-wcm1"].base["internal"].read()["a0"].tolist() == [2.5]
         finally:
