@@ -367,11 +367,12 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
 
     children = dict((await conn.execute(
         select(nodes.c.key, nodes.c.id).where(nodes.c.parent == run))).all())
-    have = {}  # (the metadata of the streams asked for only: a run's is a JSON each)
+    have = {}  # key -> (node, prepared?) of the streams asked for that exist
     asked = [key for key in plans if key in children]
+    prepared_day = nodes.c.metadata["prepared"].as_string()  # (not each metadata decoded)
     for part in range(0, len(asked), 1000):
-        have.update({key: (node, md) for node, key, md in (await conn.execute(
-            select(nodes.c.id, nodes.c.key, nodes.c.metadata).where(
+        have.update({key: (node, day is not None) for node, key, day in (await conn.execute(
+            select(nodes.c.id, nodes.c.key, prepared_day).where(
                 nodes.c.parent == run, nodes.c.key.in_(asked[part:part + 1000]))))})
     new = [key for key in plans if key not in have]
     if new:
@@ -379,10 +380,16 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
             {"key": key, "parent": run, "structure_family": StructureFamily.container,
              "metadata": plans[key][0].metadata, "specs": plans[key][0].specs} for key in new])
         made = set(new)
-        have.update({key: (node, None) for node, key in (await conn.execute(
+        have.update({key: (node, False) for node, key in (await conn.execute(
             select(nodes.c.id, nodes.c.key).where(nodes.c.parent == run))) if key in made})
-    prepared = [key for key in plans if key not in new
-                and isinstance(have[key][1], dict) and "prepared" in have[key][1]]
+    prepared = [key for key in plans if have[key][1]]
+    structure_ids: dict[int, str] = {}  # (streams of one schema share one structure)
+
+    def structure_id(structure: dict[str, Any]) -> str:
+        if id(structure) not in structure_ids:
+            structure_ids[id(structure)] = _structure_id(structure)
+        return structure_ids[id(structure)]
+
     if prepared:
         await conn.execute(update(nodes).where(nodes.c.id == bindparam("b_node")).values(
             metadata=bindparam("b_metadata")),
@@ -391,8 +398,8 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
     tables_for, locations = list(new), {}
     made = await _tables_of(conn, [have[key][0] for key in prepared])
     for key in prepared:
-        table, structure_id, parameters = made.get(have[key][0], (None, None, None))
-        if structure_id == _structure_id(plans[key][1]):
+        table, made_id, parameters = made.get(have[key][0], (None, None, None))
+        if made_id == structure_id(plans[key][1]):
             locations[key] = TableLocation(parameters["table_name"],
                                            int(parameters["dataset_id"]))
             continue
@@ -410,14 +417,14 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
             nodes.c.parent.in_(select(nodes.c.id).where(nodes.c.parent == run))))).all())
         insert = _insert_for(conn)
         await conn.execute(insert(orm.Structure.__table__).on_conflict_do_nothing(
-            index_elements=["id"]), [{"id": _structure_id(plans[key][1]),
+            index_elements=["id"]), [{"id": structure_id(plans[key][1]),
                                      "structure": plans[key][1]} for key in tables_for])
         sources = []
         for key in tables_for:
             stream, structure, name = plans[key]
             where = locations[key] = TableLocation(name, next(ids))
             sources.append({
-                "node_id": table_nodes[have[key][0]], "structure_id": _structure_id(structure),
+                "node_id": table_nodes[have[key][0]], "structure_id": structure_id(structure),
                 "mimetype": SQL_TABLE, "management": Management.writable,
                 "structure_family": StructureFamily.table, "properties": {},
                 "parameters": {"table_name": name, "dataset_id": where.dataset_id}})
