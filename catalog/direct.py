@@ -47,8 +47,7 @@ class DirectTables:
         values = {name: _listed(columns[name]) for name in schema.names}
         with self._lock:
             groups = self._rows.setdefault(where.table_name, [])
-            group = next((g for g in groups if g.schema is schema), None) or next(
-                (g for g in groups if g.schema.equals(schema)), None)
+            group = next((g for g in groups if g.schema.equals(schema)), None)
             if group is None:
                 group = _Rows(schema)
                 groups.append(group)
@@ -151,11 +150,9 @@ class _Rows:
         self.dataset_ids: list[int] = []
 
     def add(self, dataset_id: int, values: dict[str, list]) -> None:
-        n = None
         for name, column in self.columns.items():
             column.extend(values[name])
-            n = len(values[name])
-        self.dataset_ids.extend([dataset_id] * (n or 0))
+        self.dataset_ids.extend([dataset_id] * len(values[self.schema.names[0]]))
 
     def table(self) -> pa.Table:
         return pa.Table.from_pydict(self.columns, schema=self.schema)

@@ -288,11 +288,13 @@ def create_streams(uri: ArchiveURI, tables, run_key: str, run_metadata: dict[str
     from tiled.structures.table import TableStructure
 
     plans, of_schema = {}, {}  # (streams of one schema share its structure and table)
+    structure_ids: dict[str, str] = {}  # SQL table name -> its structure's id
     for stream in streams:
         if stream.schema not in of_schema:
             structure = dataclasses.asdict(TableStructure.from_schema(stream.schema))
             name = "table_" + hashlib.md5(structure["arrow_schema"].encode()).hexdigest()
             of_schema[stream.schema] = (structure, name.lower())
+            structure_ids[name.lower()] = _structure_id(structure)
         plans[stream.key] = (stream, *of_schema[stream.schema])
     ids = iter(_dataset_ids(uri, tables, plans.values(), len(streams)))
 
@@ -303,7 +305,7 @@ def create_streams(uri: ArchiveURI, tables, run_key: str, run_metadata: dict[str
         try:
             async with engine.begin() as conn:
                 return await _create_in_catalog(conn, uri, run_key, run_metadata, run_specs,
-                                                plans, ids, take_over)
+                                                plans, structure_ids, ids, take_over)
         finally:
             await engine.dispose()
 
@@ -345,8 +347,8 @@ def _dataset_ids(uri: ArchiveURI, tables, plans, n: int) -> list[int]:
     return ids
 
 
-async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans, ids,
-                             take_over) -> dict[str, TableLocation]:
+async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
+                             structure_ids, ids, take_over) -> dict[str, TableLocation]:
     from sqlalchemy import bindparam, select, update
     from tiled.catalog import orm
     from tiled.structures.core import StructureFamily
@@ -383,12 +385,6 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
         have.update({key: (node, False) for node, key in (await conn.execute(
             select(nodes.c.id, nodes.c.key).where(nodes.c.parent == run))) if key in made})
     prepared = [key for key in plans if have[key][1]]
-    structure_ids: dict[int, str] = {}  # (streams of one schema share one structure)
-
-    def structure_id(structure: dict[str, Any]) -> str:
-        if id(structure) not in structure_ids:
-            structure_ids[id(structure)] = _structure_id(structure)
-        return structure_ids[id(structure)]
 
     if prepared:
         await conn.execute(update(nodes).where(nodes.c.id == bindparam("b_node")).values(
@@ -399,7 +395,7 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
     made = await _tables_of(conn, [have[key][0] for key in prepared])
     for key in prepared:
         table, made_id, parameters = made.get(have[key][0], (None, None, None))
-        if made_id == structure_id(plans[key][1]):
+        if made_id == structure_ids[plans[key][2]]:
             locations[key] = TableLocation(parameters["table_name"],
                                            int(parameters["dataset_id"]))
             continue
@@ -417,14 +413,14 @@ async def _create_in_catalog(conn, uri, run_key, run_metadata, run_specs, plans,
             nodes.c.parent.in_(select(nodes.c.id).where(nodes.c.parent == run))))).all())
         insert = _insert_for(conn)
         await conn.execute(insert(orm.Structure.__table__).on_conflict_do_nothing(
-            index_elements=["id"]), [{"id": structure_id(plans[key][1]),
+            index_elements=["id"]), [{"id": structure_ids[plans[key][2]],
                                      "structure": plans[key][1]} for key in tables_for])
         sources = []
         for key in tables_for:
             stream, structure, name = plans[key]
             where = locations[key] = TableLocation(name, next(ids))
             sources.append({
-                "node_id": table_nodes[have[key][0]], "structure_id": structure_id(structure),
+                "node_id": table_nodes[have[key][0]], "structure_id": structure_ids[name],
                 "mimetype": SQL_TABLE, "management": Management.writable,
                 "structure_family": StructureFamily.table, "properties": {},
                 "parameters": {"table_name": name, "dataset_id": where.dataset_id}})

@@ -299,9 +299,9 @@ class _Stream:
     def append(self, page: dict) -> None:
         if not self.known:
             self._ask_archive()
-        last = page["seq_num"][-1]
-        if last > self.stored.get("internal", 0):
-            self._append_table(rows_after(page, self.stored.get("internal", 0)))
+        last, done = page["seq_num"][-1], self.stored.get("internal", 0)
+        if last > done:
+            self._append_table(rows_after(page, done))
             self.stored["internal"] = int(last)
         for key in self.array_keys:
             done = self.stored.get(key, 0)
