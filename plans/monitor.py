@@ -1,7 +1,13 @@
-"""The monitoring plan: watch every object, one run per archive day, one stream per object."""
+"""The monitoring plan: watch every object, one run per archive day, one stream per object.
+
+Each day's run is opened shortly before its midnight (``OPEN_AHEAD``), beside the day that
+ends, and the streams of that day are declared in it then: at midnight the plan and the
+archive only take rows, however many streams there are.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import threading
@@ -23,6 +29,7 @@ from .patches import (
 
 log = logging.getLogger(__name__)
 STOP_CHECK = 0.5  # real seconds between two looks at the stop request
+OPEN_AHEAD = 30.0  # clock seconds before midnight to open the next day's run
 
 
 @dataclass
@@ -76,8 +83,30 @@ def read_group(group: ScanGroup) -> MsgGenerator[None]:
         buf.add_reading(reading)
 
 
-def flush(collectables: Sequence, declared: set[str]) -> MsgGenerator[None]:
-    """Collect every buffer or log that holds rows, as one event page per stream."""
+@dataclass
+class DayRun:
+    """An archive day's run: its RunEngine run key (the ISO day, so that two days' runs can
+    be open at once), the clock time it ends and the streams declared in it."""
+
+    day: dt.date
+    midnight: float
+    declared: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return self.day.isoformat()
+
+
+def open_day(day: dt.date, midnight: float, objects: list[str], md: dict) -> MsgGenerator[DayRun]:
+    """Open ``day``'s run, which ends at ``midnight``."""
+    run = DayRun(day, midnight)
+    yield Msg("open_run", None, run=run.key,
+              **{"plan_name": "monitor_day", "day": run.key, "objects": objects, **md})
+    return run
+
+
+def flush(collectables: Sequence, run: DayRun) -> MsgGenerator[None]:
+    """Collect every buffer or log that holds rows, as one event page per stream of ``run``."""
     for obj in collectables:
         if not obj.pending():
             continue
@@ -86,70 +115,87 @@ def flush(collectables: Sequence, declared: set[str]) -> MsgGenerator[None]:
         # the RunEngine's time at 1,000 objects flushed twice a second, a quarter of a new
         # day's first flush. The same per object in read_group (trigger, read); stubs called
         # once per flush or period are used as they are.
-        if obj.name not in declared:
-            yield Msg("declare_stream", None, obj, name=obj.name, collect=True)
-            declared.add(obj.name)
-        yield Msg("collect", obj, stream=False, return_payload=False, name=obj.name)
+        if obj.name not in run.declared:
+            yield from declare(obj, run)
+        yield Msg("collect", obj, stream=False, return_payload=False, name=obj.name,
+                  run=run.key)
+
+
+def declare(obj, run: DayRun) -> MsgGenerator[None]:
+    """Declare ``obj``'s stream in ``run`` (its descriptor)."""
+    yield Msg("declare_stream", None, obj, name=obj.name, collect=True, run=run.key)
+    run.declared.add(obj.name)
 
 
 def monitor_day(
+    run: DayRun,
     buffers: Sequence[ObjectBuffer],
     groups: Sequence[ScanGroup],
     connections: ConnectionLog,
     clock: Clock,
     flush_interval: float,
     stop: threading.Event,
-    md: dict | None = None,
+    md: dict,
     exchanges: Sequence[Exchange] = (),
     exchange_log: ExchangeLog | None = None,
-) -> MsgGenerator[str]:
-    """One archive day: a run that lasts until local midnight or until ``stop`` is set."""
-    day = clock.day()
-    midnight = clock.next_midnight()
-    _md = {
-        "plan_name": "monitor_day",
-        "day": day.isoformat(),
-        "objects": [buf.name for buf in buffers],
-        **(md or {}),
-    }
+) -> MsgGenerator[DayRun | None]:
+    """Watch until ``run``'s midnight or until ``stop`` is set, then close ``run``.
 
+    From ``OPEN_AHEAD`` clock seconds before midnight the next day's run is open too, and
+    the streams of this one are declared in it, a share each flush, so that a new day's
+    first flush, and the archive at midnight, only take rows. Returns the next day's run
+    (None if it was not opened, or if stopped: then it is closed too).
+    """
+    midnight = run.midnight
     logs = [connections] if exchange_log is None else [connections, exchange_log]
     collectables = [*logs, *buffers]
-
-    @bpp.run_decorator(md=_md)
-    def inner():
-        declared: set[str] = set()
-        for buf in buffers:
-            buf.cutoff = midnight  # a row stamped after it waits for tomorrow's run
-            connections.record(buf.name, buf.connected, force=True)
-        next_flush = clock.time() + flush_interval
-        while not stop.is_set():
-            now = clock.time()
-            if now >= midnight:
-                break
-            for group in groups:
-                if now >= group.next_due:
-                    yield from read_group(group)
-                    group.advance(now)
-            for ex in exchanges:
-                if now >= ex.next_due:
-                    yield from exchange_once(ex, exchange_log)
-                    ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
-            if now >= next_flush:
-                yield from flush(collectables, declared)
-                next_flush = now + flush_interval
-            due = [g.next_due for g in groups] + [ex.next_due for ex in exchanges]
-            wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
-            yield from bps.sleep(clock.real_seconds(wake - clock.time()))
-        closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
-        for buf in buffers:  # stopped: nothing after the last page joins the run (closed)
-            buf.cutoff, buf.hold = (midnight if closing else math.inf), 0.0
-            buf.closed = not closing
-        yield from flush(collectables, declared)
-        for buf in buffers:
-            buf.cutoff, buf.hold = math.inf, HOLD
-
-    return (yield from inner())
+    objects = [buf.name for buf in buffers]
+    tomorrow: DayRun | None = None
+    ahead: list = []  # streams of this run still to declare in tomorrow's
+    each = 0  # of them declared each flush: all within the first half of OPEN_AHEAD
+    for buf in buffers:
+        buf.cutoff = midnight  # a row stamped after it waits for tomorrow's run
+        connections.record(buf.name, buf.connected, force=True)
+    next_flush = clock.time() + flush_interval
+    while not stop.is_set():
+        now = clock.time()
+        if now >= midnight:
+            break
+        if tomorrow is None and now >= midnight - OPEN_AHEAD:
+            tomorrow = yield from open_day(clock.day(midnight), clock.next_midnight(midnight),
+                                           objects, md)
+            ahead = [obj for obj in collectables if obj.name in run.declared]
+            each = math.ceil(len(ahead) / max(1.0, OPEN_AHEAD / 2 / flush_interval))
+        for group in groups:
+            if now >= group.next_due:
+                yield from read_group(group)
+                group.advance(now)
+        for ex in exchanges:
+            if now >= ex.next_due:
+                yield from exchange_once(ex, exchange_log)
+                ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
+        if now >= next_flush:
+            yield from flush(collectables, run)
+            for obj in ahead[:each]:
+                yield from declare(obj, tomorrow)
+            del ahead[:each]
+            next_flush = now + flush_interval
+        due = [g.next_due for g in groups] + [ex.next_due for ex in exchanges]
+        wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
+        yield from bps.sleep(clock.real_seconds(wake - clock.time()))
+    closing = not stop.is_set()  # at midnight, readings stamped after it wait for tomorrow
+    for buf in buffers:  # stopped: nothing after the last page joins the run (closed)
+        buf.cutoff, buf.hold = (midnight if closing else math.inf), 0.0
+        buf.closed = not closing
+    yield from flush(collectables, run)
+    for buf in buffers:
+        buf.cutoff, buf.hold = math.inf, HOLD
+    yield Msg("close_run", None, run=run.key, exit_status=None, reason=None)
+    if tomorrow is not None and not closing:  # (its day not begun: no row, a stop)
+        yield Msg("close_run", None, run=tomorrow.key, exit_status="abort",
+                  reason="stopped before the run's day began")
+        return None
+    return tomorrow
 
 
 def monitor_objects(
@@ -194,9 +240,14 @@ def monitor_objects(
             group.start(clock.time())
         for ex in exchanges:
             ex.next_due = clock.time()
+        run = None
         while not stop.is_set():
-            yield from monitor_day(buffers, groups, connections, clock, flush_interval, stop, md,
-                                   exchanges, exchange_log)
+            if run is None:  # (the first day, or the next one was not opened ahead)
+                run = yield from open_day(clock.day(), clock.next_midnight(),
+                                          [buf.name for buf in buffers], md or {})
+            run = yield from monitor_day(run, buffers, groups, connections, clock,
+                                         flush_interval, stop, md or {}, exchanges,
+                                         exchange_log)
 
     # Not rewindable: the RunEngine would keep every message since the last checkpoint, to
     # replay them after a pause, and this plan has no checkpoint (replaying a collect would
