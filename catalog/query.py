@@ -243,12 +243,18 @@ class Archive:
         """When the warden recorded on ``day``: one row per run, in start order.
 
         Columns ``start`` and ``stop`` (aware local times); ``stop`` is NaT while the run is
-        open, and for a run whose service was killed (no stop document).
+        open, and for a run whose service was killed (no stop document). A run opened
+        shortly before its day (the plan opens the next day's run ahead of midnight) starts
+        recording at the day's midnight; one stopped before its day began is not listed.
         """
+        d = parse_day(day)
+        begins = dt.datetime.combine(d, dt.time(0), self.zone).timestamp()
         rows = []
-        for run in self._runs([parse_day(day).isoformat()]):
+        for run in self._runs([d.isoformat()]):
             stop = run.metadata.get("stop") or {}
-            rows.append((run.metadata["start"]["time"], stop.get("time", np.nan)))
+            if stop.get("time", np.inf) < begins:
+                continue
+            rows.append((max(run.metadata["start"]["time"], begins), stop.get("time", np.nan)))
         t = pd.DataFrame(rows, columns=["start", "stop"], dtype=float)
         return pd.DataFrame({"start": self._times(t["start"]), "stop": self._times(t["stop"])})
 
