@@ -419,6 +419,30 @@ def test_every_backend_answers_the_same_frames(archive_uri, tmp_path):
         backend.close()
 
 
+def test_recording_shows_a_run_opened_ahead_from_its_midnight(tmp_path):
+    """The plan opens a day's run 30 s before its midnight; a stop in those 30 s closes the
+    next day's run holding no row. ``recording`` says what the runs recorded of the day."""
+    day1 = dt.datetime(2001, 11, 7, tzinfo=ZONE).timestamp()
+    day2 = dt.datetime(2001, 11, 8, tzinfo=ZONE).timestamp()
+    runs = []
+    for day, opened, stopped, status in (("2001-11-07", day1 - 30, day1 + 3600, "success"),
+                                         ("2001-11-08", day2 - 30, day2 - 10, "abort")):
+        bundle = compose_run(metadata={"day": day, "objects": []}, time=opened)
+        runs.append([("start", bundle.start_doc),
+                     ("stop", bundle.compose_stop(time=stopped, exit_status=status))])
+    backend = open_backend(f"sqlite:///{tmp_path / 'archive.db'}", data_dir=tmp_path / "a")
+    try:
+        write_documents(backend, runs)
+        with served(backend, objects=[]) as (url, key):
+            archive = Archive(tiled_from_uri(url, api_key=key), zone=ZONE)
+            rec = archive.recording("2001-11-07")
+            assert rec["start"].tolist() == [pd.Timestamp(day1, unit="s", tz=ZONE)]
+            assert rec["stop"].tolist() == [pd.Timestamp(day1 + 3600, unit="s", tz=ZONE)]
+            assert archive.recording("2001-11-08").empty
+    finally:
+        backend.close()
+
+
 # -- warden migrate --------------------------------------------------------------------------------
 def all_frames(archive: Archive) -> dict:
     frames = {}
