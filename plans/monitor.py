@@ -127,6 +127,17 @@ def declare(obj, run: DayRun) -> MsgGenerator[None]:
     run.declared.add(obj.name)
 
 
+def declare_ahead(collectables: Sequence, run: DayRun, tomorrow: DayRun, now: float,
+                  step: float) -> MsgGenerator[None]:
+    """Declare in ``tomorrow`` a share of the streams of ``run`` it lacks: the rest split
+    evenly over the flushes left before midnight, one each ``step`` clock seconds."""
+    todo = [obj for obj in collectables
+            if obj.name in run.declared and obj.name not in tomorrow.declared]
+    flushes_left = (run.midnight - now) / step - 1  # the last one before midnight takes all
+    for obj in todo[:math.ceil(len(todo) / max(1.0, flushes_left))]:
+        yield from declare(obj, tomorrow)
+
+
 def monitor_day(
     run: DayRun,
     buffers: Sequence[ObjectBuffer],
@@ -142,21 +153,20 @@ def monitor_day(
     """Watch until ``run``'s midnight or until ``stop`` is set, then close ``run``.
 
     From ``OPEN_AHEAD`` clock seconds before midnight the next day's run is open too, and
-    the streams of this one are declared in it, a share each flush, so that a new day's
-    first flush, and the archive at midnight, only take rows. Returns the next day's run
-    (None if it was not opened, or if stopped: then it is closed too).
+    the streams of this one are declared in it, a share each flush (``declare_ahead``), so
+    that a new day's first flush, and the archive at midnight, only take rows. Returns the
+    next day's run (None if it was not opened, or if stopped: then it is closed too).
     """
     midnight = run.midnight
     logs = [connections] if exchange_log is None else [connections, exchange_log]
     collectables = [*logs, *buffers]
     objects = [buf.name for buf in buffers]
     tomorrow: DayRun | None = None
-    ahead: list = []  # streams of this run still to declare in tomorrow's
-    each = 0  # of them declared each flush: all within the first half of OPEN_AHEAD
     for buf in buffers:
         buf.cutoff = midnight  # a row stamped after it waits for tomorrow's run
         connections.record(buf.name, buf.connected, force=True)
-    next_flush = clock.time() + flush_interval
+    last_flush = clock.time()
+    next_flush = last_flush + flush_interval
     while not stop.is_set():
         now = clock.time()
         if now >= midnight:
@@ -164,8 +174,6 @@ def monitor_day(
         if tomorrow is None and now >= midnight - OPEN_AHEAD:
             tomorrow = yield from open_day(clock.day(midnight), clock.next_midnight(midnight),
                                            objects, md)
-            ahead = [obj for obj in collectables if obj.name in run.declared]
-            each = math.ceil(len(ahead) / max(1.0, OPEN_AHEAD / 2 / flush_interval))
         for group in groups:
             if now >= group.next_due:
                 yield from read_group(group)
@@ -176,10 +184,10 @@ def monitor_day(
                 ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
         if now >= next_flush:
             yield from flush(collectables, run)
-            for obj in ahead[:each]:
-                yield from declare(obj, tomorrow)
-            del ahead[:each]
-            next_flush = now + flush_interval
+            if tomorrow is not None:  # a flush's step is as long as the flush takes, at least
+                yield from declare_ahead(collectables, run, tomorrow, now,
+                                         max(flush_interval, now - last_flush))
+            last_flush, next_flush = now, now + flush_interval
         due = [g.next_due for g in groups] + [ex.next_due for ex in exchanges]
         wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
         yield from bps.sleep(clock.real_seconds(wake - clock.time()))

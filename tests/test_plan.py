@@ -140,6 +140,18 @@ def test_the_next_day_s_run_and_streams_are_made_before_midnight_so_midnight_onl
     assert rows[tomorrow] == [MIDNIGHT + 1.0]
 
 
+def test_started_within_the_last_30_s_before_midnight_the_next_day_s_streams_are_still_made_ahead():
+    clock = SteppedClock(MIDNIGHT - 10.0)  # tomorrow's run opens at once, before any stream
+    docs = _run_plan_across(clock, [(MIDNIGHT - 10.0, 0.5), (MIDNIGHT + 1.0, 0.5)], True)
+    starts = {d["uid"]: d["day"] for n, d in docs if n == "start"}
+    today, tomorrow = sorted(starts, key=starts.get)
+    stopped = [i for i, (n, d) in enumerate(docs) if n == "stop" and d["run_start"] == today]
+    ahead = {d["name"] for n, d in docs[:stopped[0]]
+             if n == "descriptor" and d["run_start"] == tomorrow}
+    assert ahead == {"yi2-wcm3", "connection"}
+    assert not [n for n, _ in docs[stopped[0]:] if n == "descriptor"]
+
+
 def test_stopped_before_midnight_the_run_opened_ahead_is_closed_holding_no_row():
     clock = SteppedClock(MIDNIGHT - 100.0)
     docs = _run_plan_across(clock, [(MIDNIGHT - 100.0, 0.5), (MIDNIGHT - 10.0, 0.5)], True)
