@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 from bluesky import RunEngine
 
 from plans.buffer import ConnectionLog, ObjectBuffer
 from plans.clock import Clock
-from plans.monitor import monitor_objects
+from plans.monitor import DayRun, declare_ahead, monitor_objects
 from warden_devices.build import build_device
 
 ZONE = ZoneInfo("America/New_York")
@@ -150,6 +151,23 @@ def test_started_within_the_last_30_s_before_midnight_the_next_day_s_streams_are
              if n == "descriptor" and d["run_start"] == tomorrow}
     assert ahead == {"yi2-wcm3", "connection"}
     assert not [n for n, _ in docs[stopped[0]:] if n == "descriptor"]
+
+
+def test_each_flush_declares_ahead_the_streams_left_split_over_the_flushes_left_at_their_pace():
+    objects = [SimpleNamespace(name=f"obj{i}") for i in range(100)]
+    today = DayRun(dt.date(2001, 11, 6), MIDNIGHT, {obj.name for obj in objects[:90]})
+    tomorrow = DayRun(dt.date(2001, 11, 7), MIDNIGHT + 86400.0)
+
+    def declared(now: float, step: float) -> list[str]:
+        msgs = list(declare_ahead(objects, today, tomorrow, now, step))
+        assert {(m.command, m.run) for m in msgs} <= {("declare_stream", "2001-11-07")}
+        return [m.args[0].name for m in msgs]
+
+    # flushes 2 s apart (slower than their interval), 10 s left: 4 more, so a quarter of 90
+    assert declared(MIDNIGHT - 10.0, 2.0) == [f"obj{i}" for i in range(23)]
+    assert len(declared(MIDNIGHT - 8.0, 2.0)) == 23  # 67 left over 3 flushes
+    assert declared(MIDNIGHT - 1.0, 2.0) == [f"obj{i}" for i in range(46, 90)]  # the last: all
+    assert declared(MIDNIGHT - 0.5, 2.0) == []  # not a stream today has not declared
 
 
 def test_stopped_before_midnight_the_run_opened_ahead_is_closed_holding_no_row():
