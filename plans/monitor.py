@@ -165,8 +165,7 @@ def monitor_day(
     for buf in buffers:
         buf.cutoff = midnight  # a row stamped after it waits for tomorrow's run
         connections.record(buf.name, buf.connected, force=True)
-    last_flush = clock.time()
-    next_flush = last_flush + flush_interval
+    next_flush = clock.time() + flush_interval
     while not stop.is_set():
         now = clock.time()
         if now >= midnight:
@@ -184,10 +183,10 @@ def monitor_day(
                 ex.next_due += ex.period * max(1, (now - ex.next_due) // ex.period + 1)
         if now >= next_flush:
             yield from flush(collectables, run)
-            if tomorrow is not None:  # a flush's step is as long as the flush takes, at least
+            if tomorrow is not None:  # the step: clock time since the last flush
                 yield from declare_ahead(collectables, run, tomorrow, now,
-                                         max(flush_interval, now - last_flush))
-            last_flush, next_flush = now, now + flush_interval
+                                         now - next_flush + flush_interval)
+            next_flush = now + flush_interval
         due = [g.next_due for g in groups] + [ex.next_due for ex in exchanges]
         wake = min([next_flush, midnight, now + STOP_CHECK * clock.rate, *due])
         yield from bps.sleep(clock.real_seconds(wake - clock.time()))
