@@ -11,6 +11,7 @@ const state = {
   sparks: {},         // name -> {attr, t: [], v: []}
   source: null,       // the EventSource
   detail: null,       // {object, day, start, end, attr, data}
+  reads: 0,           // day-plot reads asked for: only the newest one draws
 };
 let key = sessionStorage.getItem("warden-key") || "";
 
@@ -339,9 +340,11 @@ async function loadDetail() {
   const params = new URLSearchParams({ object: d.object, day: d.day, bins: canvas.width });
   if (d.start !== null) { params.set("start", d.start); params.set("end", d.end); }
   $("plot-info").textContent = "reading ...";
+  const read = ++state.reads;
   try {
     const data = await (await api(`${API}/series?${params}`)).json();
-    if (d !== state.detail) return;  // another object was opened meanwhile
+    // another object, range or refresh was asked for meanwhile: its answer draws, not this one
+    if (read !== state.reads) return;
     d.data = data;
     const attrs = Object.keys(data.attributes);
     const select = $("attr");
@@ -350,7 +353,7 @@ async function loadDetail() {
     select.value = d.attr || "";
     drawDetail();
   } catch (err) {
-    showError(err);
+    if (read === state.reads) showError(err);
   }
 }
 
