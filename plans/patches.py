@@ -2,8 +2,10 @@
 
 The monitoring plan (:func:`plans.monitor.monitor_objects`) enters the context managers
 around its runs; everything is put back when the plan ends, fails or is aborted, so other plans
-of the same RunEngine and the rest of the process see the libraries as they are. Each patch
-goes once its upstream issue is fixed in the versions we support.
+of the same RunEngine and the rest of the process see the libraries as they are. Several
+monitoring plans in one process (in threads of their own) share each patch: the first to start
+puts it in, the last to end takes it out, in whatever order they end. Each patch goes once its
+upstream issue is fixed in the versions we support.
 
 Event-page validation (:func:`light_page_validation`)
     bluesky composes every collected event page with event-model's ``ComposeEventPage``,
@@ -39,7 +41,8 @@ import contextlib
 import functools
 import hashlib
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import event_model
 import orjson
@@ -58,15 +61,35 @@ class _PageShapeValidator:
             raise event_model.EventModelValidationError("event page columns do not match")
 
 
+_lock = threading.Lock()
+_users: dict[str, int] = {}  # patch -> the plans inside it now
+_saved: dict[str, object] = {}  # patch -> what it replaced
+
+
 @contextlib.contextmanager
-def _validator(name: event_model.DocumentNames, make) -> Iterator[None]:
-    """event-model's validator of the documents ``name`` is ``make(its own)`` meanwhile."""
-    validators = event_model.schema_validators
-    saved, validators[name] = validators[name], make(validators[name])
+def _shared(patch: str, get: Callable[[], object], put: Callable[[object], None],
+            make: Callable[[object], object]) -> Iterator[None]:
+    """``put(make(get()))`` while any plan is inside; the last one out puts the original back."""
+    with _lock:
+        if not _users.get(patch):
+            _saved[patch] = get()
+            put(make(_saved[patch]))
+        _users[patch] = _users.get(patch, 0) + 1
     try:
         yield
     finally:
-        validators[name] = saved
+        with _lock:
+            _users[patch] -= 1
+            if not _users[patch]:
+                put(_saved.pop(patch))
+
+
+def _validator(name: event_model.DocumentNames,
+               make: Callable[[object], object]) -> contextlib.AbstractContextManager[None]:
+    """event-model's validator of the documents ``name`` is ``make(its own)`` meanwhile."""
+    validators = event_model.schema_validators
+    return _shared(f"validator {name.value}", lambda: validators[name],
+                   lambda validator: validators.__setitem__(name, validator), make)
 
 
 def light_page_validation() -> contextlib.AbstractContextManager[None]:
@@ -104,18 +127,12 @@ def descriptors_validated_once() -> contextlib.AbstractContextManager[None]:
     return _validator(event_model.DocumentNames.descriptor, _DescriptorOnceValidator)
 
 
-@contextlib.contextmanager
-def cached_protocol_checks() -> Iterator[None]:
+def cached_protocol_checks() -> contextlib.AbstractContextManager[None]:
     """Remember the attributes of each ``typing.Protocol`` class (Python < 3.12)."""
     if sys.version_info >= (3, 12):
-        yield
-        return
+        return contextlib.nullcontext()
     import typing
 
-    saved = typing._get_protocol_attrs
-    typing._get_protocol_attrs = functools.cache(saved)
-    try:
-        yield
-    finally:
-        typing._get_protocol_attrs = saved
+    return _shared("typing protocol attributes", lambda: typing._get_protocol_attrs,
+                   lambda walk: setattr(typing, "_get_protocol_attrs", walk), functools.cache)
 

@@ -1,6 +1,7 @@
 """The workarounds of plans/patches.py: they answer as the libraries do, and only while the
 monitoring plan runs."""
 
+import contextlib
 import sys
 import threading
 import time
@@ -126,3 +127,21 @@ def test_the_plan_patches_only_while_it_runs(fail):
         device.destroy()
     assert seen[0] == (True, sys.version_info < (3, 12))
     assert patched_now() == (False, False)
+
+
+def test_two_plans_share_the_patches_and_the_last_to_end_removes_them():
+    """Two monitoring plans in one process (each in a thread of its own) may end in either
+    order: the libraries are patched while either runs and as they were once both ended."""
+    validators = dict(event_model.schema_validators)
+    protocol_attrs = typing._get_protocol_attrs
+    first, second = contextlib.ExitStack(), contextlib.ExitStack()
+    for plan in (first, second):
+        for patch in (light_page_validation, descriptors_validated_once, cached_protocol_checks):
+            plan.enter_context(patch())
+    assert patched_now() == (True, sys.version_info < (3, 12))
+    first.close()  # the plan that started first ends first
+    assert patched_now() == (True, sys.version_info < (3, 12))
+    second.close()
+    assert patched_now() == (False, False)
+    assert dict(event_model.schema_validators) == validators
+    assert typing._get_protocol_attrs is protocol_attrs
