@@ -543,10 +543,12 @@ def _unreachable(exc: BaseException) -> bool:
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True
-    from sqlalchemy.exc import InterfaceError
+    from sqlalchemy.exc import DBAPIError, InterfaceError
     from sqlalchemy.exc import OperationalError as SQLOperationalError
 
     if isinstance(exc, (SQLOperationalError, InterfaceError)):  # the catalog (bulk creation)
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # dropped under a statement
         return True
     from adbc_driver_manager import OperationalError  # direct appends: server gone, busy
 

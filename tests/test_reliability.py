@@ -150,6 +150,58 @@ def test_archive_outage_spools_and_replays_exactly_once_across_a_restart(
           f"replayed {replayed_in:.1f} s after the archive returned")
 
 
+def test_a_connection_dropped_under_a_catalog_statement_is_an_outage_not_a_stop(
+    postgres_behind_proxy, tmp_path
+):
+    """The archive goes away while the writer creates a run's streams in the catalog (the
+    connection drops between two statements of one transaction): the writer waits for it,
+    as for any outage, and writes the batch once it is back, instead of stopping."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from catalog.spool import SpoolReader
+    from catalog.writer import SpooledWriter
+
+    uri, proxy = postgres_behind_proxy
+    url = uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+    written: list[str] = []
+
+    class CatalogSink:
+        """Creates its batch's run in the catalog first; the first try loses the server."""
+
+        tries = 0
+
+        def prepare(self, docs) -> None:
+            self.tries += 1
+            asyncio.run(self._create(cut=self.tries == 1))
+
+        async def _create(self, cut: bool) -> None:
+            engine = create_async_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("SELECT 1"))
+                    if cut:
+                        proxy.cut()
+                        threading.Timer(1.0, proxy.restore).start()
+                    await conn.execute(text("SELECT 2"))
+            finally:
+                await engine.dispose()
+
+        def __call__(self, name: str, doc: dict) -> None:
+            written.append(name)
+
+    spool = Spool(tmp_path / "spool")
+    spool.append("start", {"uid": "r1", "time": 1.0})
+    writer = SpooledWriter(CatalogSink(), SpoolReader(tmp_path / "spool"), retry=0.2)
+    try:
+        wait_for(lambda: writer.position == spool.end, timeout=30)  # the batch is done
+        assert writer.outages == 1 and writer.unavailable_since is None
+        assert written == ["start"]
+    finally:
+        writer.abandon()
+        spool.close()
+
+
 # -- kill -9 -----------------------------------------------------------------------------------
 def test_a_killed_writer_process_is_replaced_and_its_batch_lands_once(tmp_path):
     """The writer is a process of its own: killed mid-stream, another takes its place and goes
