@@ -207,7 +207,12 @@ def test_the_day_plot_zooms(browser, public_warden):
     until(browser, lambda d: "yi2-wcm3" in rows(d))
     open_day_plot(browser, "yi2-wcm3")
     plot = browser.find_element(By.ID, "dayplot")
-    day = [float(plot.get_attribute(k)) for k in ("data-start", "data-end")]
+
+    def shown() -> list[float]:
+        """The plot's range: its start and end times."""
+        return [float(plot.get_attribute(k)) for k in ("data-start", "data-end")]
+
+    day = shown()
     assert day[1] - day[0] in (82800, 86400, 90000)  # a local day
     # a live refresh of the whole day is still being read when the reader zooms: its answer
     # (held back 2 s here) comes after the zoom's and must not undo the zoom
@@ -237,18 +242,18 @@ def test_the_day_plot_zooms(browser, public_warden):
     ActionChains(browser).move_to_element_with_offset(plot, right_px - width // 2, 0) \
         .click_and_hold().move_by_offset(left_px - right_px, 0).release().perform()
 
-    def span(d) -> float:
-        return float(plot.get_attribute("data-end")) - float(plot.get_attribute("data-start"))
+    def zoomed(d) -> bool:
+        start, end = shown()
+        return end - start < 7200
 
-    until(browser, lambda d: span(d) < 7200)
+    until(browser, zoomed)
     until(browser, lambda d: d.execute_script(
         "return window.wholeDay.asked > 0 && window.wholeDay.answered === window.wholeDay.asked"))
-    start, end = (float(plot.get_attribute(k)) for k in ("data-start", "data-end"))
+    start, end = shown()
     assert day[0] <= start < time.time() < end <= day[1] and end - start < 7200
     until(browser, lambda d: int(plot.get_attribute("data-points")) > 0)
     browser.find_element(By.ID, "reset-zoom").click()
-    until(browser, lambda d: [float(plot.get_attribute(k)) for k in ("data-start", "data-end")]
-          == day)
+    until(browser, lambda d: shown() == day)
 
 
 @browser_only
